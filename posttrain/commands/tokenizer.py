@@ -1,0 +1,27 @@
+"""`posttrain tokenizer train`: BPE tokenizer with chat special tokens."""
+
+NAME = "tokenizer"
+ORDER = 11
+HELP = "Train a byte-level BPE tokenizer (chat special tokens, ChatML template) on a text corpus."
+DESCRIPTION = HELP + """
+
+  posttrain tokenizer train --data world/corpus.jsonl --out runs/tokenizer --vocab-size 4096
+
+The data is JSONL rows {"text": ...}. The result is a transformers tokenizer directory."""
+
+
+def add_arguments(parser):
+    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    t = sub.add_parser("train", help="Train a tokenizer.", description=DESCRIPTION)
+    t.add_argument("--data", required=True, help="Corpus: JSONL rows with a 'text' field.")
+    t.add_argument("--out", required=True, help="Tokenizer directory to write.")
+    t.add_argument("--vocab-size", type=int, default=4096, help="Vocabulary size, special tokens included (default 4096).")
+    t.add_argument("--min-frequency", type=int, default=2, help="Minimum pair frequency for a merge (default 2).")
+
+
+def run(args) -> int:
+    from posttrain.stages.tokenizer import train_tokenizer
+
+    info = train_tokenizer(args.data, args.out, args.vocab_size, args.min_frequency)
+    print(f"tokenizer with {info['vocab_size']} tokens written to {args.out}")
+    return 0

@@ -1,0 +1,86 @@
+"""Turning SFT rows into examples with loss masks, with over-length handling that is counted."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from posttrain.data.chat import tokenize_chat, tokenize_prompt_completion
+from posttrain.data.formats import Row
+from posttrain.data.packing import Example
+from posttrain.errors import DataError
+
+
+@dataclass
+class BuildStats:
+    rows: int = 0
+    examples: int = 0
+    truncated: int = 0
+    dropped: int = 0
+    no_target: int = 0
+    tokens: int = 0
+    target_tokens: int = 0
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def build_examples(tokenizer, rows: list[Row], fmt: str, *, max_length: int, overlength: str = "truncate",
+                   assistant_only: bool = True, path=None) -> tuple[list[Example], BuildStats]:
+    """conversational / prompt_completion / text rows -> Examples. Over-length rows are truncated or dropped."""
+    stats = BuildStats(rows=len(rows))
+    out = []
+    for row in rows:
+        d = row.data
+        try:
+            if fmt == "conversational":
+                tc = tokenize_chat(tokenizer, d["messages"], assistant_only=assistant_only)
+            elif fmt == "prompt_completion":
+                tc = tokenize_prompt_completion(tokenizer, d["prompt"], d["completion"], completion_only=assistant_only)
+            elif fmt == "text":
+                ids = tokenizer(d["text"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+                tc = type("T", (), {"input_ids": ids, "loss_mask": [1] * len(ids)})
+            else:
+                raise DataError(path, row.line, None, f"format {fmt} cannot be used for supervised fine-tuning.")
+        except DataError:
+            raise
+        except Exception as e:
+            raise DataError(path, row.line, "messages" if fmt == "conversational" else None, f"could not be rendered: {e}") from None
+        ids, mask = list(tc.input_ids), list(tc.loss_mask)
+        if len(ids) > max_length:
+            if overlength == "drop":
+                stats.dropped += 1
+                continue
+            stats.truncated += 1
+            ids, mask = ids[:max_length], mask[:max_length]
+        ex = Example(ids, mask)
+        if sum(ex.loss_mask) == 0:
+            stats.no_target += 1
+            continue
+        out.append(ex)
+        stats.tokens += len(ex.input_ids)
+        stats.target_tokens += sum(ex.loss_mask)
+    stats.examples = len(out)
+    if not out:
+        raise DataError(path, None, None, f"left no usable examples ({stats.dropped} dropped as over-length, "
+                        f"{stats.no_target} without target tokens).", "Raise data.max_length or check the data.")
+    return out, stats
+
+
+def split_documents(tokenizer, rows: list[Row], max_length: int) -> tuple[list[Example], BuildStats]:
+    """Pretraining text: each document + EOS, cut into chunks of at most max_length tokens, full loss."""
+    stats = BuildStats(rows=len(rows))
+    texts = [r.data["text"] for r in rows]
+    enc = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    out = []
+    for ids in enc:
+        ids = ids + [tokenizer.eos_token_id]
+        for s in range(0, len(ids), max_length):
+            chunk = ids[s:s + max_length]
+            if len(chunk) < 2:
+                continue
+            ex = Example(chunk, [1] * len(chunk))
+            out.append(ex)
+            stats.tokens += len(chunk)
+            stats.target_tokens += sum(ex.loss_mask)
+    stats.examples = len(out)
+    return out, stats

@@ -1,0 +1,74 @@
+"""What every gradient stage does the same way: CLI options, model preparation, data splits."""
+
+from __future__ import annotations
+
+import argparse
+import random
+from pathlib import Path
+
+from posttrain.config import load_config
+from posttrain.errors import PosttrainError
+from posttrain.models import load_model, load_tokenizer, resolve_device, resolve_dtype
+from posttrain.training.config import ModelConfig
+
+
+def add_stage_arguments(parser: argparse.ArgumentParser, data_help: str) -> None:
+    """The command-line contract shared by every stage command."""
+    parser.add_argument("--model", required=True, help="Local model or artifact directory (transformers format, safetensors).")
+    parser.add_argument("--data", required=True, help=data_help)
+    parser.add_argument("--out", required=True, help="Artifact directory to write (written atomically).")
+    parser.add_argument("--config", help="YAML file of options (see docs/options.md).")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="Override one option, e.g. --set train.lr=1e-5 or --set max_steps=5 (repeatable).")
+    parser.add_argument("--resume", action="store_true", help="Continue from the latest checkpoint in OUT.checkpoints/.")
+    parser.add_argument("--no-progress", action="store_true", help="No progress bar (for logs).")
+
+
+def config_from_args(cls, args, stage: str):
+    return load_config(cls, args.config, args.set, stage=stage)
+
+
+def checkpoint_dir(out: str | Path) -> Path:
+    out = Path(out)
+    return out.parent / f"{out.name}.checkpoints"
+
+
+def prepare_model(model_path, mcfg: ModelConfig):
+    """Load tokenizer + model on the configured device; wrap in LoRA when asked. Returns (model, tok, device, dtype)."""
+    device = resolve_device(mcfg.device)
+    dtype = resolve_dtype(mcfg.dtype, device)
+    tok = load_tokenizer(model_path, mcfg.trust_remote_code)
+    model = load_model(model_path, device, mcfg.trust_remote_code)
+    if mcfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.config.use_cache = False
+    if mcfg.lora.enabled:
+        from peft import LoraConfig as PeftLora, get_peft_model
+
+        targets = mcfg.lora.target_modules
+        model = get_peft_model(model, PeftLora(
+            r=mcfg.lora.r, lora_alpha=mcfg.lora.alpha, lora_dropout=mcfg.lora.dropout,
+            target_modules=targets if targets == "all-linear" else [t.strip() for t in targets.split(",")],
+            task_type="CAUSAL_LM",
+        ))
+    return model, tok, device, dtype
+
+
+def finalize_model(model, mcfg: ModelConfig):
+    """The model to save: LoRA merged into the weights when configured."""
+    if mcfg.lora.enabled:
+        if not mcfg.lora.merge_on_save:
+            raise PosttrainError("saving unmerged LoRA adapters is not supported yet; keep model.lora.merge_on_save=true.")
+        model = model.merge_and_unload()
+    return model
+
+
+def split_rows(rows: list, fraction: float, seed: int) -> tuple[list, list]:
+    """Deterministic hold-out of `fraction` of rows (at least one row when fraction > 0 and rows > 1)."""
+    if fraction <= 0 or len(rows) < 2:
+        return rows, []
+    idx = list(range(len(rows)))
+    random.Random(seed).shuffle(idx)
+    n_eval = max(1, int(round(fraction * len(rows))))
+    held = set(idx[:n_eval])
+    return [r for i, r in enumerate(rows) if i not in held], [r for i, r in enumerate(rows) if i in held]

@@ -1,0 +1,46 @@
+"""Training a byte-level BPE tokenizer with chat special tokens and a chat template."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from posttrain.artifacts import atomic_dir, data_record, write_json_atomic
+from posttrain.data.chat import default_template
+from posttrain.data.formats import load_dataset_rows
+
+EOS = "<|endoftext|>"
+PAD = "<|pad|>"
+CHAT_TOKENS = ["<|im_start|>", "<|im_end|>"]
+# Reserved for tool use: the runtime wraps a call and its injected result in these.
+TOOL_TOKENS = ["<|tool_call|>", "<|/tool_call|>", "<|tool_result|>", "<|/tool_result|>"]
+SPECIAL_TOKENS = [EOS, PAD, *CHAT_TOKENS, *TOOL_TOKENS]
+
+
+def train_tokenizer(data_path, out, vocab_size: int = 4096, min_frequency: int = 2) -> dict:
+    """Train BPE on the `text` rows of `data_path`; save a transformers tokenizer with the ChatML template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    _, rows = load_dataset_rows(data_path, allowed=("text",))
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+    )
+    bpe.train_from_iterator((r.data["text"] for r in rows), trainer=trainer)
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=bpe, eos_token=EOS, bos_token=None, pad_token=PAD, unk_token=None,
+        additional_special_tokens=CHAT_TOKENS + TOOL_TOKENS,
+    )
+    tok.chat_template = default_template()
+    with atomic_dir(out) as tmp:
+        tok.save_pretrained(tmp)
+        write_json_atomic(Path(tmp) / "tokenizer_provenance.json", {
+            "stage": "tokenizer", "vocab_size": len(tok), "requested_vocab_size": vocab_size,
+            "min_frequency": min_frequency, "data": [data_record(data_path, len(rows))],
+            "special_tokens": SPECIAL_TOKENS,
+        })
+    return json.loads((Path(out) / "tokenizer_provenance.json").read_text())

@@ -1,0 +1,120 @@
+"""The SFT stage end to end on a tiny model: artifacts, resume, NaN guard."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from posttrain.cli import main
+from posttrain.config import load_config
+from posttrain.errors import NonFiniteLossError
+from posttrain.stages.sft import SFTConfig, run_sft
+
+QA = [("France", "Paris"), ("Japan", "Tokyo"), ("Italy", "Rome"), ("Egypt", "Cairo"), ("Peru", "Lima")]
+
+
+@pytest.fixture(scope="module")
+def chat_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "chats.jsonl"
+    with open(path, "w") as f:
+        for i in range(40):
+            c, a = QA[i % len(QA)]
+            f.write(json.dumps({"messages": [
+                {"role": "user", "content": f"What is the capital of {c}?"},
+                {"role": "assistant", "content": f"The capital of {c} is {a}."}]}) + "\n")
+    return path
+
+
+def cfg(**sets):
+    base = {"train.batch_size": 4, "train.lr": 1e-2, "train.log_every": 1, "data.max_length": 64, "model.dtype": "fp32"}
+    return load_config(SFTConfig, overrides=base | sets)
+
+
+def weights(path):
+    return load_file(str(path / "model.safetensors"))
+
+
+def test_sft_writes_a_loadable_artifact_with_provenance(tiny_llama_dir, chat_file, tmp_path):
+    out = tmp_path / "sft"
+    rc = main(["sft", "--model", str(tiny_llama_dir), "--data", str(chat_file), "--out", str(out),
+               "--set", "train.max_steps=4", "--set", "model.dtype=fp32", "--no-progress"])
+    assert rc == 0
+    prov = json.loads((out / "provenance.json").read_text())
+    assert prov["stage"] == "sft" and prov["artifact_id"].startswith("sft-")
+    assert prov["data"][0]["rows"] == 38 and len(prov["data"][0]["sha256"]) == 64  # 5% held out
+    assert prov["config"]["train"]["max_steps"] == 4 and prov["metrics"]["steps"] == 4
+    assert prov["parent"]["weights_sha256"] and prov["libraries"]["torch"]
+    assert len((out / "metrics.jsonl").read_text().splitlines()) >= 1
+    assert not (tmp_path / "sft.checkpoints").exists()
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(out)
+    tok = AutoTokenizer.from_pretrained(out)
+    ids = tok.apply_chat_template([{"role": "user", "content": "What is the capital of Peru?"}],
+                                  add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    gen = model.generate(**ids, max_new_tokens=5, do_sample=False)
+    assert gen.shape[1] > ids["input_ids"].shape[1]
+
+
+def test_training_lowers_the_loss(tiny_llama_dir, chat_file, tmp_path):
+    prov = run_sft(tiny_llama_dir, chat_file, tmp_path / "a", cfg(**{"train.max_steps": 15}), progress=False)
+    lines = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    losses = [x["loss"] for x in lines if "loss" in x]
+    assert losses[-1] < 0.7 * losses[0]
+    assert prov["metrics"]["eval_loss"] is not None
+
+
+def test_resumed_run_matches_uninterrupted_run(tiny_llama_dir, chat_file, tmp_path, monkeypatch):
+    c = cfg(**{"train.max_steps": 6, "train.save_every": 3})
+    run_sft(tiny_llama_dir, chat_file, tmp_path / "full", c, progress=False)
+
+    real_step = torch.optim.AdamW.step
+    calls = {"n": 0}
+
+    def dying_step(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 5:  # killed during step 5, after the step-3 checkpoint
+            raise KeyboardInterrupt
+        return real_step(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", dying_step)
+    with pytest.raises(KeyboardInterrupt):
+        run_sft(tiny_llama_dir, chat_file, tmp_path / "resumed", c, progress=False)
+    assert not (tmp_path / "resumed").exists()  # no half-written artifact
+    assert (tmp_path / "resumed.checkpoints" / "step-000003").exists()
+    monkeypatch.setattr(torch.optim.AdamW, "step", real_step)
+    run_sft(tiny_llama_dir, chat_file, tmp_path / "resumed", c, resume=True, progress=False)
+    a, b = weights(tmp_path / "full"), weights(tmp_path / "resumed")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=0, rtol=0)
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_llama_dir, chat_file, tmp_path, monkeypatch):
+    import posttrain.training.loop as loop
+
+    real = loop.token_nll_sum
+    calls = {"n": 0}
+
+    def poisoned(logits, targets):
+        calls["n"] += 1
+        out = real(logits, targets)
+        return out * float("nan") if calls["n"] == 3 else out
+
+    monkeypatch.setattr(loop, "token_nll_sum", poisoned)
+    with pytest.raises(NonFiniteLossError, match="step 3: the loss is nan.*step-000002"):
+        run_sft(tiny_llama_dir, chat_file, tmp_path / "x", cfg(**{"train.max_steps": 6}), progress=False)
+    assert not (tmp_path / "x").exists()
+    good = tmp_path / "x.checkpoints" / "step-000002"
+    saved = load_file(str(good / "trainable.safetensors"))
+    assert all(torch.isfinite(t).all() for t in saved.values())
+
+
+def test_lora_trains_and_merges(tiny_llama_dir, chat_file, tmp_path):
+    c = cfg(**{"train.max_steps": 3, "model.lora.enabled": True, "model.lora.r": 4})
+    run_sft(tiny_llama_dir, chat_file, tmp_path / "lora", c, progress=False)
+    w = weights(tmp_path / "lora")
+    assert not any("lora" in k for k in w)  # merged: a plain model
+    base = weights(tiny_llama_dir)
+    assert any(not torch.equal(w[k], base[k]) for k in base if "proj" in k)
