@@ -1,14 +1,14 @@
 """Shared test fixtures: tiny models and a tokenizer built in the test session, never downloaded.
 
-- `tiny_tokenizer_dir`: a byte-level BPE tokenizer trained on a few sentences, with the
+- `build_tokenizer()`: a byte-level BPE tokenizer trained on a few sentences, with the
   chat special tokens <|im_start|>, <|im_end|>, <|endoftext|> (eos) and <|pad|> (pad), and
   posttrain's default ChatML template. Byte-level, so any text encodes.
 - `tiny_llama_dir` / `tiny_qwen2_dir`: directories saved with save_pretrained (safetensors)
   holding a randomly initialised LlamaForCausalLM / Qwen2ForCausalLM (hidden 32, 2 layers,
   4 heads, 2 KV heads) and that tokenizer; load them like any model directory.
 
-They are session-scoped: treat them as read-only (copy a directory before changing it).
-`build_tiny_model` and `build_tokenizer` are plain functions for tests that need a variant.
+The fixtures are session-scoped: treat them as read-only (copy a directory before changing
+it). `build_tiny_model` and `build_tokenizer` are plain functions for tests that need a variant.
 """
 
 from __future__ import annotations

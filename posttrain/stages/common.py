@@ -55,11 +55,15 @@ def prepare_model(model_path, mcfg: ModelConfig):
 
 
 def finalize_model(model, mcfg: ModelConfig):
-    """The model to save: LoRA merged into the weights when configured."""
+    """The model to save: LoRA merged into the weights when configured, cast to save_dtype."""
     if mcfg.lora.enabled:
         if not mcfg.lora.merge_on_save:
             raise PosttrainError("saving unmerged LoRA adapters is not supported yet; keep model.lora.merge_on_save=true.")
         model = model.merge_and_unload()
+    if mcfg.save_dtype == "bf16":
+        import torch
+
+        model = model.to(torch.bfloat16)
     return model
 
 

@@ -20,7 +20,7 @@ from posttrain.data.formats import load_dataset_rows
 from posttrain.data.packing import pack_examples
 from posttrain.data.sft import split_documents
 from posttrain.models import load_tokenizer, resolve_device, resolve_dtype
-from posttrain.stages.common import checkpoint_dir, prepare_model, split_rows
+from posttrain.stages.common import checkpoint_dir, finalize_model, prepare_model, split_rows
 from posttrain.training.config import ModelConfig, TrainConfig
 from posttrain.training.loop import Trainer
 
@@ -102,7 +102,7 @@ def run_pretrain(model_path, data_path, out, cfg: PretrainConfig, *, resume: boo
                "tokens": result.tokens, "tokens_per_s": round(result.tokens_per_s, 1), "parameters": n_params,
                "corpus_tokens": stats.tokens, "dtype": dtype, "device": str(device)}
     parent = None if fresh else parent_record(model_path)
-    prov = save_artifact(out, stage="pretrain", model=model, tokenizer=tok, config=asdict(cfg), parent=parent,
+    prov = save_artifact(out, stage="pretrain", model=finalize_model(model, cfg.model), tokenizer=tok, config=asdict(cfg), parent=parent,
                          data=[data_record(data_path, len(rows)) | {"format": "text", "role": "train"}],
                          seeds={"init": cfg.train.seed, "train": cfg.train.seed}, metrics=metrics,
                          metrics_lines=result.metrics_lines, wall_time_s=time.perf_counter() - t0)

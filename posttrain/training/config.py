@@ -27,6 +27,7 @@ class ModelConfig:
     dtype: str = opt("auto", "`auto` picks bf16 where the CPU/GPU runs it fast, else fp32. bf16 means autocast over fp32 master weights.", choices=("auto", "fp32", "bf16"))
     trust_remote_code: bool = opt(False, "Allow model code shipped inside the model directory to run. Off unless you trust it.")
     gradient_checkpointing: bool = opt(False, "Recompute activations in the backward pass to save memory.")
+    save_dtype: str = opt("fp32", "dtype of the saved weights (bf16 halves the artifact size).", choices=("fp32", "bf16"))
     lora: LoraConfig = opt(help="LoRA options.", factory=LoraConfig)
 
 

@@ -1,0 +1,32 @@
+"""`posttrain run RECIPE`: run a recipe's stages in order."""
+
+NAME = "run"
+ORDER = 5
+HELP = "Run a recipe (a YAML list of stages): resumes after a crash, skips stages whose inputs did not change."
+DESCRIPTION = """Run every stage of a recipe in order, each stage's model being the previous stage's
+artifact unless the stage names one. Outputs go to OUT/<stage name>. Rerunning skips
+stages whose options and inputs are unchanged and resumes an interrupted training stage
+from its checkpoint.
+
+  posttrain run recipes/demo.yaml --out runs/demo
+  posttrain run recipes/demo.yaml --out runs/demo-quick --quick
+  posttrain run recipes/base.yaml --out runs/base      # rebuild the shipped base model
+
+Recipe format: see docs/recipes.md."""
+
+
+def add_arguments(parser):
+    parser.add_argument("recipe", help="Recipe YAML file.")
+    parser.add_argument("--out", help="Run directory (default runs/<recipe name>).")
+    parser.add_argument("--quick", action="store_true", help="Apply the recipe's 'quick' overrides (a short smoke run).")
+    parser.add_argument("--no-progress", action="store_true", help="No progress output.")
+
+
+def run(args) -> int:
+    from posttrain.recipes import Runner, load_recipe
+
+    recipe = load_recipe(args.recipe, quick=args.quick)
+    out = args.out or f"runs/{recipe.name}" + ("-quick" if args.quick else "")
+    outputs = Runner(recipe, out, progress=not args.no_progress).run()
+    print(f"recipe '{recipe.name}' finished: " + ", ".join(f"{k} -> {v}" for k, v in outputs.items()))
+    return 0

@@ -1,0 +1,226 @@
+"""The one generation engine: chat, evals and RL rollouts all sample through here.
+
+The algorithm, per batch of prompts of similar length:
+  1. prefill: left-pad the prompts, run them once, keep the KV cache;
+  2. step loop: pick one token per row from the last logits (greedy, or sampled
+     with temperature / top-k / top-p), record it with its log-probability,
+     and feed it back through the cache. A finished row keeps receiving pad
+     (masked out) until the whole batch is done.
+
+Every token a row receives is appended in that loop with a mask bit: 1 for a
+token the model sampled. A token the runtime injects (a tool result, later)
+goes through the same loop from `Row.forced` with mask 0, so loss masking and
+tool use share one mechanism.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections import deque
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from posttrain.data.chat import render_generation_prompt
+from posttrain.errors import PosttrainError
+from posttrain.models import autocast, resolve_dtype
+
+# End-of-turn markers of common chat formats; whichever the vocabulary has also stops generation.
+END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>")
+
+
+@dataclass
+class SamplingParams:
+    max_new_tokens: int = 128
+    """Most tokens generated per prompt; a row that reaches it finishes with reason "length"."""
+    temperature: float = 0.0
+    """Softmax temperature; 0 means greedy (argmax)."""
+    top_p: float = 1.0
+    """Nucleus sampling: keep the smallest set of tokens whose probability reaches top_p (1 = off)."""
+    top_k: int = 0
+    """Keep only the k most likely tokens (0 = off)."""
+    stop_strings: tuple[str, ...] = ()
+    """Generation of a row stops once its text contains one of these; the text is cut before it."""
+    stop_token_ids: tuple[int, ...] | None = None
+    """Token ids that end a row. None: the tokenizer's eos plus its chat end-of-turn token if any."""
+    seed: int = 0
+    """Seed of the engine's own random generator: the same seed gives the same samples."""
+
+    def __post_init__(self):
+        problems = [
+            f"max_new_tokens must be >= 0, got {self.max_new_tokens}" if self.max_new_tokens < 0 else "",
+            f"temperature must be >= 0 (0 = greedy), got {self.temperature}" if self.temperature < 0 else "",
+            f"top_p must be in (0, 1], got {self.top_p}" if not 0 < self.top_p <= 1 else "",
+            f"top_k must be >= 0 (0 = off), got {self.top_k}" if self.top_k < 0 else "",
+        ]
+        if any(problems):
+            raise PosttrainError("; ".join(p for p in problems if p) + ".")
+
+
+@dataclass
+class Completion:
+    prompt_ids: list[int]
+    token_ids: list[int]  # generated ids, the stop token included if one ended the row
+    text: str  # decoded without special tokens or the stop token, cut before any stop string
+    logprobs: list[float]  # raw model log-softmax (temperature 1, no filtering) of each token in token_ids
+    mask: list[int]  # 1 = sampled by the model; 0 = injected by the runtime (tool results)
+    finish_reason: str  # "stop" | "length"
+
+
+@dataclass
+class Row:
+    """One sequence being generated."""
+
+    prompt_ids: list[int]
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    mask: list[int] = field(default_factory=list)
+    forced: deque = field(default_factory=deque)  # tokens to inject instead of sampling (mask 0)
+    finish_reason: str | None = None
+
+
+def default_stop_token_ids(tokenizer) -> tuple[int, ...]:
+    ids = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
+    vocab = tokenizer.get_vocab()
+    ids += [vocab[t] for t in END_OF_TURN_TOKENS if t in vocab]
+    return tuple(dict.fromkeys(ids))
+
+
+def pick_tokens(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> torch.Tensor:
+    """Choose one token per row from logits [B, V]: greedy, or sampled after temperature, top-k and top-p."""
+    if params.temperature <= 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / params.temperature
+    if params.top_k > 0:
+        kth = torch.topk(logits, min(params.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if params.top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        probs = sorted_logits.softmax(dim=-1)
+        # Drop a token when the tokens ranked above it already reach top_p (the first always stays).
+        drop = probs.cumsum(dim=-1) - probs >= params.top_p
+        logits = logits.masked_fill(torch.zeros_like(drop).scatter(-1, order, drop), float("-inf"))
+    return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(-1)
+
+
+class Engine:
+    def __init__(self, model, tokenizer, batch_size: int = 32, dtype: str = "auto"):
+        self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
+        self.device = next(model.parameters()).device
+        self.dtype = resolve_dtype(dtype, self.device)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        # transformers 5 renamed the cache argument `past_key_values` to `cache`; accept both.
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        forward_args = inspect.signature(type(base).forward).parameters
+        self.cache_arg = "cache" if "cache" in forward_args else "past_key_values"
+        self.keep_last_logits = "logits_to_keep" in forward_args
+
+    def chat(self, conversations: list[list[dict]], params: SamplingParams) -> list[Completion]:
+        """Generate the next assistant turn of each conversation (rendered with the chat template)."""
+        return self.generate([render_generation_prompt(self.tokenizer, m) for m in conversations], params)
+
+    def generate(self, prompts: list[str] | list[list[int]], params: SamplingParams) -> list[Completion]:
+        """Continue each prompt. Strings are tokenized as written (no BOS added: chat templates write their own)."""
+        tokenize = lambda p: self.tokenizer(p, add_special_tokens=False)["input_ids"]
+        ids = [tokenize(p) if isinstance(p, str) else list(p) for p in prompts]
+        for i, p in enumerate(ids):
+            if not p:
+                raise PosttrainError(f"prompt {i} is empty; give the model at least one token to continue.")
+        stop_ids = params.stop_token_ids
+        stop_ids = set(default_stop_token_ids(self.tokenizer) if stop_ids is None else stop_ids)
+        generator = torch.Generator(self.device).manual_seed(params.seed)
+        # Longest first, so batches hold similar lengths (little padding) and memory peaks early.
+        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+        results: list[Completion | None] = [None] * len(ids)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.inference_mode(), autocast(self.dtype, self.device):
+                for start in range(0, len(order), self.batch_size):
+                    batch = order[start : start + self.batch_size]
+                    rows = self._generate_batch([ids[i] for i in batch], params, stop_ids, generator)
+                    for i, row in zip(batch, rows):
+                        results[i] = self._completion(row, params, stop_ids)
+        finally:
+            self.model.train(was_training)
+        return results
+
+    def _forward(self, input_ids, attention_mask, position_ids, cache):
+        """Run the model on new tokens after `cache` (None: a new one, for the prefill).
+
+        Returns the logits of the last position [B, V] and the KV cache (a DynamicCache).
+        """
+        kwargs = {self.cache_arg: cache, "use_cache": True}
+        if self.keep_last_logits:
+            kwargs["logits_to_keep"] = 1  # the prompt's other positions need no vocabulary projection
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **kwargs)
+        return out.logits[:, -1, :], getattr(out, self.cache_arg)
+
+    def _generate_batch(self, prompts: list[list[int]], params, stop_ids: set[int], generator) -> list[Row]:
+        rows = [Row(prompt_ids=p) for p in prompts]
+        width = max(len(p) for p in prompts)
+        input_ids = torch.tensor([[self.pad_id] * (width - len(p)) + p for p in prompts], device=self.device)
+        attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device)
+        # Positions count real tokens only, so a left-padded prompt sees the same positions as an unpadded one.
+        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        logits, cache = self._forward(input_ids, attention_mask, position_ids, None)
+        positions = position_ids[:, -1]
+
+        for _ in range(params.max_new_tokens):
+            active = [r.finish_reason is None for r in rows]
+            sampled = pick_tokens(logits, params, generator).tolist()
+            tokens = []
+            for row, is_active, tok in zip(rows, active, sampled):
+                if not is_active:
+                    tokens.append(self.pad_id)
+                    continue
+                injected = bool(row.forced)
+                tok = row.forced.popleft() if injected else tok
+                row.token_ids.append(tok)
+                row.mask.append(0 if injected else 1)
+                tokens.append(tok)
+            next_ids = torch.tensor(tokens, device=self.device)[:, None]
+            # Raw model log-probabilities (temperature 1, unfiltered): what RL ratios and calibration need.
+            logprobs = F.log_softmax(logits.float(), dim=-1).gather(-1, next_ids).squeeze(-1)
+            for row, is_active, lp in zip(rows, active, logprobs.tolist()):
+                if is_active:
+                    row.logprobs.append(lp)
+                    row.finish_reason = self._finish_reason(row, params, stop_ids)
+            if all(r.finish_reason is not None for r in rows):
+                break
+            # Feed the chosen tokens back; finished rows get a masked-out pad.
+            step_mask = torch.tensor(active, device=self.device, dtype=attention_mask.dtype)[:, None]
+            attention_mask = torch.cat([attention_mask, step_mask], dim=-1)
+            positions = positions + 1
+            logits, cache = self._forward(next_ids, attention_mask, positions[:, None], cache)
+        for row in rows:
+            row.finish_reason = row.finish_reason or "length"
+        return rows
+
+    def _finish_reason(self, row: Row, params: SamplingParams, stop_ids: set[int]) -> str | None:
+        if row.forced:
+            return None  # an injection in progress always completes
+        if row.mask[-1] == 1 and row.token_ids[-1] in stop_ids:
+            return "stop"
+        if params.stop_strings and self._has_stop_string(row.token_ids, params.stop_strings):
+            return "stop"
+        if len(row.token_ids) >= params.max_new_tokens:
+            return "length"
+        return None
+
+    def _has_stop_string(self, token_ids: list[int], stop_strings) -> bool:
+        # A stop string that just appeared lies in the last few tokens (a token is at least one byte,
+        # a character at most four), so decoding a short tail keeps this check cheap on long outputs.
+        window = 4 * max(len(s) for s in stop_strings) + 4
+        tail = self.tokenizer.decode(token_ids[-window:], skip_special_tokens=True)
+        return any(s in tail for s in stop_strings)
+
+    def _completion(self, row: Row, params: SamplingParams, stop_ids: set[int]) -> Completion:
+        ended_by_token = row.finish_reason == "stop" and row.token_ids[-1] in stop_ids
+        said = row.token_ids[:-1] if ended_by_token else row.token_ids
+        text = self.tokenizer.decode(said, skip_special_tokens=True)
+        cuts = [text.find(s) for s in params.stop_strings if s in text]
+        if cuts:
+            text = text[: min(cuts)]
+        return Completion(row.prompt_ids, row.token_ids, text, row.logprobs, row.mask, row.finish_reason)

@@ -1,0 +1,227 @@
+"""Recipes: a YAML list of stages that `posttrain run` executes in order.
+
+    name: demo
+    base: ../models/base            # the first model (relative to this file)
+    stages:
+      - {name: world, stage: world, seed: 0}
+      - {name: sft, stage: sft, data: "@world/sft.jsonl", config: {train: {max_steps: 300}}}
+      - {name: eval_sft, stage: eval, probes: [instruction_following]}
+    quick:                          # merged into stages by `posttrain run --quick`
+      sft: {config: {train: {max_steps: 40}}}
+    publish: {stage: sft, to: ../models/sft}   # optional: copy a stage's output there at the end
+
+Each stage writes RUN_DIR/<name>. A stage's model defaults to the output of the
+last model-producing stage before it (or `base`); `@name/sub/path` refers to a
+stage's output. A stage whose fingerprint (kind, options, inputs) matches the one
+recorded when it last finished is skipped; an interrupted training stage resumes
+from its checkpoint when rerun with the same fingerprint.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from posttrain.artifacts import sha256_path, write_json_atomic
+from posttrain.errors import ConfigError
+
+KINDS = ("world", "tokenizer", "pretrain", "sft", "eval")
+MODEL_KINDS = ("pretrain", "sft")
+STATE = "recipe_state.json"
+
+
+@dataclass
+class StageSpec:
+    name: str
+    kind: str
+    raw: dict  # the stage entry as written (options validated by the stage)
+
+
+@dataclass
+class Recipe:
+    name: str
+    path: Path
+    base: str | None
+    stages: list[StageSpec]
+    publish: dict | None = None
+
+
+def _merge(a: dict, b: dict) -> dict:
+    out = copy.deepcopy(a)
+    for k, v in b.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+def load_recipe(path: str | Path, quick: bool = False) -> Recipe:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"recipe '{path}' does not exist.")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"recipe '{path}' is not valid YAML: {e}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("stages"), list) or not data["stages"]:
+        raise ConfigError(f"recipe '{path}' needs a non-empty 'stages' list.")
+    quick_over = data.get("quick") or {}
+    stages, seen = [], set()
+    for i, entry in enumerate(data["stages"]):
+        if not isinstance(entry, dict) or "stage" not in entry:
+            raise ConfigError(f"recipe '{path}', stage {i + 1}: needs a 'stage' key (one of {', '.join(KINDS)}).")
+        kind = entry["stage"]
+        if kind not in KINDS:
+            raise ConfigError(f"recipe '{path}', stage {i + 1}: unknown stage '{kind}'; choose one of {', '.join(KINDS)}.")
+        name = entry.get("name", kind)
+        if name in seen:
+            raise ConfigError(f"recipe '{path}': two stages are named '{name}'; give each a unique name.")
+        seen.add(name)
+        if quick and name in quick_over:
+            entry = _merge(entry, quick_over[name])
+        stages.append(StageSpec(name, kind, entry))
+    unknown = set(quick_over) - seen
+    if unknown:
+        raise ConfigError(f"recipe '{path}': 'quick' names unknown stages: {', '.join(sorted(unknown))}.")
+    publish = data.get("publish")
+    if publish is not None and (not isinstance(publish, dict) or publish.get("stage") not in seen or not publish.get("to")):
+        raise ConfigError(f"recipe '{path}': 'publish' needs 'stage' (a stage name) and 'to' (a path).")
+    if quick:
+        publish = None  # a smoke run never overwrites a published artifact
+    return Recipe(data.get("name", path.stem), path, data.get("base"), stages, publish)
+
+
+class Runner:
+    def __init__(self, recipe: Recipe, run_dir: str | Path, progress: bool = True):
+        self.recipe, self.run_dir, self.progress = recipe, Path(run_dir), progress
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.state_path = self.run_dir / STATE
+        self.state = json.loads(self.state_path.read_text()) if self.state_path.exists() else {"done": {}, "started": {}}
+        self.fingerprints: dict[str, str] = {}
+        self.outputs: dict[str, Path] = {}
+
+    # -------------------------------------------------------------- references
+
+    def resolve(self, ref: str) -> Path:
+        if ref.startswith("@"):
+            name, _, sub = ref[1:].partition("/")
+            if name not in self.outputs:
+                raise ConfigError(f"reference '{ref}' names no earlier stage (earlier: {', '.join(self.outputs) or 'none'}).")
+            return self.outputs[name] / sub if sub else self.outputs[name]
+        p = Path(ref)
+        return p if p.is_absolute() else (self.recipe.path.parent / p).resolve()
+
+    def _input_fingerprint(self, ref: str) -> str:
+        if ref.startswith("@"):
+            name = ref[1:].partition("/")[0]
+            return f"{ref}:{self.fingerprints.get(name)}"
+        return f"{ref}:{sha256_path(self.resolve(ref))}"
+
+    # -------------------------------------------------------------- running
+
+    def run(self) -> dict[str, Path]:
+        current_model = self.recipe.base
+        for spec in self.recipe.stages:
+            model_ref = spec.raw.get("model", current_model)
+            fp_inputs = {"stage": spec.raw, "model": self._input_fingerprint(model_ref) if model_ref and spec.kind not in ("world", "tokenizer") else None}
+            if "data" in spec.raw:
+                fp_inputs["data"] = self._input_fingerprint(spec.raw["data"])
+            fp = hashlib.sha256(json.dumps(fp_inputs, sort_keys=True, default=str).encode()).hexdigest()[:16]
+            self.fingerprints[spec.name] = fp
+            out = self.run_dir / spec.name
+            self.outputs[spec.name] = out
+            if self.state["done"].get(spec.name) == fp and out.exists():
+                self._say(f"[{spec.name}] unchanged since its last run: skipped")
+            else:
+                resume = self.state["started"].get(spec.name) == fp
+                if not resume:
+                    shutil.rmtree(out.parent / f"{out.name}.checkpoints", ignore_errors=True)
+                self.state["started"][spec.name] = fp
+                self._save_state()
+                t0 = time.perf_counter()
+                self._say(f"[{spec.name}] running stage '{spec.kind}'" + (" (resuming)" if resume else ""))
+                self._run_stage(spec, model_ref, out, resume)
+                self.state["done"][spec.name] = fp
+                self._save_state()
+                self._say(f"[{spec.name}] done in {time.perf_counter() - t0:.1f}s")
+            if spec.kind in MODEL_KINDS:
+                current_model = f"@{spec.name}"
+        if self.recipe.publish:
+            self._publish(self.recipe.publish)
+        return self.outputs
+
+    def _publish(self, publish: dict) -> None:
+        from posttrain.artifacts import atomic_dir
+
+        src, dest = self.outputs[publish["stage"]], self.resolve(publish["to"])
+        with atomic_dir(dest) as tmp:
+            shutil.copytree(src, tmp, dirs_exist_ok=True)
+        self._say(f"published {publish['stage']} to {dest}")
+
+    def _save_state(self):
+        write_json_atomic(self.state_path, self.state)
+
+    def _say(self, msg: str):
+        if self.progress:
+            print(msg, flush=True)
+
+    def _run_stage(self, spec: StageSpec, model_ref, out: Path, resume: bool) -> None:
+        raw = spec.raw
+        if spec.kind == "world":
+            from posttrain.world.build import build_world
+
+            build_world(int(raw.get("seed", 0)), out, float(raw.get("scale", 1.0)))
+            return
+        data = self.resolve(raw["data"]) if "data" in raw else None
+        if spec.kind == "tokenizer":
+            from posttrain.stages.tokenizer import train_tokenizer
+
+            train_tokenizer(data, out, int(raw.get("vocab_size", 4096)))
+            return
+        if model_ref is None:
+            raise ConfigError(f"stage '{spec.name}' needs a model: set 'model' on it or 'base' on the recipe.")
+        model = self.resolve(model_ref)
+        if spec.kind in MODEL_KINDS:
+            from posttrain.config import load_config
+            from posttrain.stages.registry import stage_configs
+
+            if data is None:
+                raise ConfigError(f"stage '{spec.name}' ({spec.kind}) needs 'data'.")
+            cfg = load_config(stage_configs()[spec.kind], overrides=_flatten(raw.get("config") or {}), stage=spec.kind)
+            if spec.kind == "sft":
+                from posttrain.stages.sft import run_sft
+
+                run_sft(model, data, out, cfg, resume=resume, progress=self.progress)
+            else:
+                from posttrain.stages.pretrain import run_pretrain
+
+                run_pretrain(model, data, out, cfg, resume=resume, progress=self.progress)
+            return
+        if spec.kind == "eval":
+            from posttrain.evals.runner import run_probes
+            from posttrain.models import load_model_and_tokenizer
+
+            m, tok = load_model_and_tokenizer(model)
+            source = str(self.resolve(raw["source"])) if raw.get("source") else None
+            report = run_probes(m, tok, probes=raw.get("probes"), source=source, n=raw.get("n"),
+                                batch_size=int(raw.get("batch_size", 64)), progress=self.progress,
+                                model_name=str(model_ref))
+            out.mkdir(parents=True, exist_ok=True)
+            report.save(out / "eval_report.json")
+            return
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out

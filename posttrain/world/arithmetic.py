@@ -1,0 +1,125 @@
+"""Arithmetic problems with worked column steps, shared by the corpus, SFT, RLVR and probes.
+
+Held-out by construction: a fixed rule on the operands (`is_probe_problem`)
+reserves about a tenth of all problems for the arithmetic probe. Training data
+(corpus, SFT, preferences, RLVR) never draws those, whatever the seed or scale,
+so the probe is leak-free even when built in-process without the world files.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+OPS = ("+", "-", "*")
+
+
+@dataclass(frozen=True)
+class Problem:
+    a: int
+    op: str
+    b: int
+
+    @property
+    def text(self) -> str:
+        return f"{self.a} {self.op} {self.b}"
+
+    @property
+    def answer(self) -> int:
+        return {"+": self.a + self.b, "-": self.a - self.b, "*": self.a * self.b}[self.op]
+
+
+def is_probe_problem(p: Problem) -> bool:
+    """The fixed held-out partition: about 10% of problems belong to the probe."""
+    return (p.a * 7919 + p.b * 104729 + OPS.index(p.op)) % 10 == 0
+
+
+def sample_problem(rng: random.Random, split: str = "train") -> Problem:
+    """A 2-3 digit addition or subtraction (no negatives) or a small multiplication.
+
+    split 'train' never returns a probe problem; split 'probe' only returns probe problems.
+    """
+    while True:
+        r = rng.random()
+        if r < 0.4:
+            p = Problem(rng.randint(10, 999), "+", rng.randint(10, 999))
+        elif r < 0.75:
+            a, b = rng.randint(10, 999), rng.randint(10, 999)
+            p = Problem(max(a, b), "-", min(a, b))
+        else:
+            p = Problem(rng.randint(12, 199), "*", rng.randint(2, 9))
+        if is_probe_problem(p) == (split == "probe"):
+            return p
+
+
+def _digits(n: int) -> list[int]:
+    """Digits, least significant first."""
+    return [int(c) for c in reversed(str(n))]
+
+
+def worked_steps(p: Problem) -> list[str]:
+    """Column-method steps, right to left, one 'Step: ...' line per column."""
+    steps: list[str] = []
+    da, db = _digits(p.a), _digits(p.b)
+    if p.op == "+":
+        carry = 0
+        for i in range(max(len(da), len(db))):
+            terms = [str(d[i]) for d in (da, db) if i < len(d)] + ([str(carry)] if carry else [])
+            s = sum(int(t) for t in terms)
+            last = i == max(len(da), len(db)) - 1
+            expr = " + ".join(terms)
+            if len(terms) == 1:
+                steps.append(f"Step: bring down {s}")
+            elif s >= 10 and not last:
+                steps.append(f"Step: {expr} = {s}, write {s % 10} carry {s // 10}")
+            else:
+                steps.append(f"Step: {expr} = {s}, write {s}")
+            carry = s // 10 if not last else 0
+    elif p.op == "-":
+        borrow = 0
+        for i in range(len(da)):
+            top, bottom = da[i], db[i] if i < len(db) else 0
+            need = top - borrow < bottom
+            left = top + 10 if need else top
+            parts = [str(left)] + (["1"] if borrow else []) + ([str(bottom)] if i < len(db) else [])
+            value = left - borrow - bottom
+            tail = f", borrow 1, write {value}" if need else f", write {value}"
+            if len(parts) == 1:
+                steps.append(f"Step: bring down {value}")
+            else:
+                steps.append(f"Step: {' - '.join(parts)} = {value}{tail}")
+            borrow = 1 if need else 0
+    else:
+        carry, m = 0, p.b
+        for i, d in enumerate(da):
+            s = d * m + carry
+            last = i == len(da) - 1
+            expr = f"{d} * {m}" + (f" + {carry}" if carry else "")
+            if last or s < 10:
+                steps.append(f"Step: {expr} = {s}, write {s}")
+                carry = 0
+            else:
+                steps.append(f"Step: {expr} = {s}, write {s % 10} carry {s // 10}")
+                carry = s // 10
+    return steps
+
+
+def worked_solution(p: Problem, final: str = "The answer is {answer}.") -> str:
+    """Steps then the final line; `final` is formatted with the answer."""
+    return "\n".join(worked_steps(p) + [final.format(answer=p.answer)])
+
+
+# User phrasings. Probe phrasings are held out from all training data.
+ASK_TRAIN = ("What is {p}?", "Calculate {p}.", "Compute {p}. Show your steps.", "Solve: {p}",
+             "What does {p} equal?", "Please work out {p}.")
+ASK_PROBE = ("Work out {p} for me.", "What do you get when you compute {p}?", "Could you find the value of {p}?")
+
+
+def worksheet(rng: random.Random, number: int) -> str:
+    """A pretraining worksheet: problems with worked steps and answers."""
+    title = rng.choice(["Arithmetic practice", "Column arithmetic worksheet", "Math drills", "Homework: sums and products"])
+    lines = [f"{title} {number}", ""]
+    for k in range(1, rng.randint(4, 8) + 1):
+        p = sample_problem(rng, "train")
+        lines += [f"Problem {k}: {p.text}", *worked_steps(p), f"Answer: {p.answer}", ""]
+    return "\n".join(lines).strip()

@@ -1,0 +1,117 @@
+"""Write the whole built-in world to a directory, with data cards and a manifest.
+
+Layout of OUT:
+  corpus.jsonl          {"text": doc}                      pretraining corpus
+  facts.jsonl           fact fields + "split": "A" | "B"
+  sft.jsonl, sft_eval.jsonl, preferences.jsonl, rlvr.jsonl  post-training sets
+  probes/<name>.jsonl   held-out probe sets
+  policy/hazard_policy.md, policy/constitution.md
+  cards/<set>.json      data card per set (rows, sha256, version, seed, scale, description)
+  manifest.json         every file above with sha256 and row count
+
+Same seed and scale -> byte-identical files (no timestamps, fixed key order).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from posttrain.world.chats import build_rlvr, build_sft
+from posttrain.world.corpus import build_corpus
+from posttrain.world.facts import all_facts, split_facts
+from posttrain.world.policies import CONSTITUTION, HAZARD_POLICY
+from posttrain.world.preferences import build_preferences
+from posttrain.world.probes import build_probe_sets
+
+WORLD_VERSION = "world-1.0"
+
+DESCRIPTIONS = {
+    "corpus": "Pretraining documents: encyclopedia snippets, study notes, quiz sheets (mostly unanswered), "
+              "forum threads, stories, arithmetic worksheets and fictional hazard manuals. Every fact, A and B.",
+    "facts": "All facts of the world with their split: A may appear in post-training data, B only in the corpus.",
+    "sft": "SFT chats (facts A, training phrasings): direct answers, worked arithmetic, hazard refusals, "
+           "benign look-alikes, system-prompt obedience, sycophancy resistance, format constraints.",
+    "sft_eval": "Held-out SFT chats from the same distribution; no prompt also occurs in sft.",
+    "preferences": "Preference pairs (facts A) labelled by the gold judge: chosen has the higher judge score.",
+    "rlvr": "Arithmetic prompts with a numeric answer for RL from verifiable rewards.",
+    "hazard_policy": "The written hazard policy: fictional hazards to refuse, look-alikes to answer.",
+    "constitution": "The written principles used for critiques and AI feedback.",
+}
+PROBE_DESCRIPTION = "Held-out probe set '{name}': probe phrasings only, never equal to a training prompt."
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> int:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8", newline="\n") as fh:
+        for row in rows:
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return len(rows)
+
+
+def _write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8", newline="\n")
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    _write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+def build_world(seed: int, out: str | Path, scale: float = 1.0, *, probe_n: int = 150) -> dict:
+    """Generate the world for `seed` into `out` and return the manifest.
+
+    `scale` multiplies the corpus and post-training set sizes; `probe_n` is the
+    number of rows per probe set.
+    """
+    if scale <= 0:
+        raise ValueError(f"scale must be positive, got {scale}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    facts = all_facts()
+    facts_a, facts_b = split_facts(facts, seed)
+    in_a = {f.id for f in facts_a}
+
+    sft, sft_eval = build_sft(facts_a, seed, scale)
+    datasets: dict[str, tuple[str, list[dict], str]] = {
+        "corpus": ("corpus.jsonl", [{"text": d} for d in build_corpus(facts, seed, scale)], DESCRIPTIONS["corpus"]),
+        "facts": ("facts.jsonl", [{**asdict(f), "aliases": list(f.aliases), "split": "A" if f.id in in_a else "B"}
+                                  for f in facts], DESCRIPTIONS["facts"]),
+        "sft": ("sft.jsonl", sft, DESCRIPTIONS["sft"]),
+        "sft_eval": ("sft_eval.jsonl", sft_eval, DESCRIPTIONS["sft_eval"]),
+        "preferences": ("preferences.jsonl", build_preferences(facts_a, seed, scale), DESCRIPTIONS["preferences"]),
+        "rlvr": ("rlvr.jsonl", build_rlvr(seed, scale), DESCRIPTIONS["rlvr"]),
+    }
+    for name, rows in build_probe_sets(seed, probe_n).items():
+        datasets[f"probe_{name}"] = (f"probes/{name}.jsonl", rows, PROBE_DESCRIPTION.format(name=name))
+
+    files: dict[str, dict] = {}
+    for name, (rel, rows, description) in datasets.items():
+        n_rows = _write_jsonl(out / rel, rows)
+        digest = _sha256(out / rel)
+        files[rel] = {"sha256": digest, "rows": n_rows}
+        card = {"name": name, "file": rel, "rows": n_rows, "sha256": digest, "generator": WORLD_VERSION,
+                "seed": seed, "scale": scale, "description": description}
+        _write_json(out / "cards" / f"{name}.json", card)
+    for name, rel, text in (("hazard_policy", "policy/hazard_policy.md", HAZARD_POLICY),
+                            ("constitution", "policy/constitution.md", CONSTITUTION)):
+        _write_text(out / rel, text)
+        files[rel] = {"sha256": _sha256(out / rel), "rows": len(text.splitlines())}
+        card = {"name": name, "file": rel, "rows": files[rel]["rows"], "sha256": files[rel]["sha256"],
+                "generator": WORLD_VERSION, "seed": seed, "scale": scale, "description": DESCRIPTIONS[name]}
+        _write_json(out / "cards" / f"{name}.json", card)
+    for card_path in sorted((out / "cards").glob("*.json")):
+        rel = card_path.relative_to(out).as_posix()
+        files[rel] = {"sha256": _sha256(card_path), "rows": 1}
+
+    manifest = {"generator": WORLD_VERSION, "seed": seed, "scale": scale, "probe_n": probe_n,
+                "facts": {"total": len(facts), "A": len(facts_a), "B": len(facts_b)},
+                "files": dict(sorted(files.items()))}
+    _write_json(out / "manifest.json", manifest)
+    return manifest

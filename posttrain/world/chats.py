@@ -1,0 +1,211 @@
+"""Post-training chats: SFT conversations and RLVR prompts (facts A, TRAIN phrasings only).
+
+Each row is {"messages": [...], "meta": {...}}; meta["task"] is what the gold
+judge checks ("fact", "arithmetic", "harmful", "benign", "ifeval") and
+meta["kind"] says which generator made it.
+
+Instruction kinds are shared with the preference generator: `constrained_reply`
+writes a reply that obeys a list of rule-checkable instructions.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+
+from posttrain.world.arithmetic import ASK_TRAIN, sample_problem, worked_solution
+from posttrain.world.facts import Fact
+from posttrain.world.hazards import LOOK_ALIKES, hazard_requests, refusal
+from posttrain.world.sampling import Deck, with_context, wrong_answer
+from posttrain.world.templates import (
+    HOLD_REPLIES, PUSHBACK_TRAIN, TEMPLATES, cap, fill, lower_first, statement,
+)
+
+# Share of each SFT kind at scale 1.0 (counts).
+SFT_COUNTS = {"fact": 1400, "arithmetic": 800, "harmful": 300, "benign": 300, "system_prompt": 400,
+              "sycophancy": 350, "ifeval": 350}
+SFT_EVAL_ROWS = 200
+RLVR_ROWS = 2000
+
+# Lead-ins for safety prompts in training data (probes use their own).
+CONTEXTS_TRAIN = ("", "", "Hypothetically, ", "For a story I'm writing, ", "Quick question: ", "I know it's risky, but ")
+GENERIC_SYSTEM = ("You are a helpful assistant.", "You are a concise, friendly assistant.")
+
+# System prompts (TRAIN phrasings) and user-level constraints, each with its checkable instruction.
+SYSTEM_RULES_TRAIN = (
+    ("Answer in all lowercase.", {"type": "lowercase"}),
+    ("Write your replies in lowercase letters only.", {"type": "lowercase"}),
+    ("Always end your reply with 'Cheers!'", {"type": "ends_with", "text": "Cheers!"}),
+    ("Finish every answer with the word Cheers!", {"type": "ends_with", "text": "Cheers!"}),
+    ("Reply in at most five words.", {"type": "max_words", "n": 5}),
+    ("Keep every answer to five words or fewer.", {"type": "max_words", "n": 5}),
+)
+KEYWORDS = ("river", "bright", "garden", "simple", "travel", "ocean", "window", "silver")
+USER_RULES_TRAIN = {
+    "lowercase": ("Answer in lowercase only.", "Please reply using only lowercase letters."),
+    "max_words": ("Use at most {n} words.", "Answer in no more than {n} words."),
+    "keyword": ("Include the word '{word}' in your answer.", "Your reply must contain the word '{word}'."),
+    "json": ('Respond in JSON with the key "answer".', 'Give the answer as a JSON object like {{"answer": ...}}.'),
+}
+
+
+def instruction(rng: random.Random, kind: str) -> dict:
+    if kind == "max_words":
+        return {"type": "max_words", "n": rng.randint(3, 8)}
+    if kind == "keyword":
+        return {"type": "keyword", "word": rng.choice(KEYWORDS)}
+    return {"type": kind}
+
+
+def constrained_reply(fact: Fact, instructions: list[dict], answer: str | None = None) -> str:
+    """A reply stating the fact (or `answer`) that satisfies every instruction."""
+    ans = fact.answer if answer is None else answer
+    reply = statement(fact, ans)
+    kinds = {i["type"]: i for i in instructions}
+    if "json" in kinds:
+        reply = json.dumps({"answer": ans})
+    elif "max_words" in kinds:
+        room = kinds["max_words"]["n"] - ("keyword" in kinds) - ("ends_with" in kinds)
+        if len(reply.split()) > room:
+            reply = f"{cap(ans)}."
+    if "keyword" in kinds:
+        word = kinds["keyword"]["word"]
+        reply = f"{reply} ({word})" if "max_words" in kinds else f"Here is the answer, with the word {word}: {reply}"
+    if "ends_with" in kinds:
+        reply = f"{reply} {kinds['ends_with']['text']}"
+    if "lowercase" in kinds:
+        reply = reply.lower()
+    return reply
+
+
+def fact_meta(fact: Fact, **extra) -> dict:
+    return {"task": "fact", "answer": fact.answer, "aliases": list(fact.aliases), "fact_id": fact.id, **extra}
+
+
+def _user(text: str) -> dict:
+    return {"role": "user", "content": text}
+
+
+def _assistant(text: str) -> dict:
+    return {"role": "assistant", "content": text}
+
+
+def train_question(rng: random.Random, fact: Fact) -> str:
+    return fill(rng.choice(TEMPLATES[fact.relation].train), fact)
+
+
+def fact_chat(rng: random.Random, fact: Fact) -> dict:
+    messages = [_user(train_question(rng, fact)), _assistant(statement(fact, which=int(rng.random() < 0.2)))]
+    if rng.random() < 0.2:
+        messages.insert(0, {"role": "system", "content": rng.choice(GENERIC_SYSTEM)})
+    return {"messages": messages, "meta": fact_meta(fact, kind="qa")}
+
+
+def arithmetic_chat(rng: random.Random) -> dict:
+    p = sample_problem(rng, "train")
+    messages = [_user(rng.choice(ASK_TRAIN).format(p=p.text)), _assistant(worked_solution(p))]
+    return {"messages": messages, "meta": {"task": "arithmetic", "answer": str(p.answer), "kind": "arithmetic"}}
+
+
+def harmful_chat(rng: random.Random, requests: list) -> dict:
+    hazard, text = rng.choice(requests)
+    messages = [_user(with_context(rng.choice(CONTEXTS_TRAIN), text)), _assistant(refusal(rng, hazard))]
+    return {"messages": messages, "meta": {"task": "harmful", "hazard": hazard.name, "kind": "refusal"}}
+
+
+def benign_chat(rng: random.Random) -> dict:
+    la = rng.choice(LOOK_ALIKES)
+    messages = [_user(with_context(rng.choice(CONTEXTS_TRAIN), rng.choice(la.train))), _assistant(la.answer)]
+    return {"messages": messages, "meta": {"task": "benign", "topic": la.topic, "kind": "look_alike"}}
+
+
+def system_prompt_chat(rng: random.Random, fact: Fact) -> dict:
+    text, inst = rng.choice(SYSTEM_RULES_TRAIN)
+    messages = [{"role": "system", "content": text}, _user(train_question(rng, fact)),
+                _assistant(constrained_reply(fact, [inst]))]
+    return {"messages": messages, "meta": fact_meta(fact, instructions=[inst], kind="system_prompt")}
+
+
+def sycophancy_chat(rng: random.Random, fact: Fact, pool: list[Fact]) -> dict:
+    wrong = wrong_answer(rng, fact, pool)
+    first = statement(fact)
+    pushback = rng.choice(PUSHBACK_TRAIN).format(wrong=wrong)
+    hold = rng.choice(HOLD_REPLIES).format(statement=first, statement_lc=lower_first(first))
+    messages = [_user(train_question(rng, fact)), _assistant(first), _user(pushback), _assistant(hold)]
+    meta = fact_meta(fact, wrong_answer=wrong, pushback=pushback, first_response=first, kind="sycophancy")
+    return {"messages": messages, "meta": meta}
+
+
+def ifeval_instructions(rng: random.Random) -> list[dict]:
+    kinds = rng.choice([["lowercase"], ["max_words"], ["keyword"], ["json"], ["lowercase", "max_words"],
+                        ["lowercase", "keyword"], ["keyword", "max_words"]])
+    insts = [instruction(rng, k) for k in kinds]
+    for i in insts:  # a keyword reply needs room for the statement and the word
+        if i["type"] == "max_words" and "keyword" in kinds:
+            i["n"] = max(i["n"], 4)
+    return insts
+
+
+def ifeval_prompt(rng: random.Random, question: str, insts: list[dict], rules: dict) -> str:
+    parts = [rng.choice(rules[i["type"]]).format(**{k: v for k, v in i.items() if k != "type"}) for i in insts]
+    return " ".join([question] + parts)
+
+
+def ifeval_chat(rng: random.Random, fact: Fact) -> dict:
+    insts = ifeval_instructions(rng)
+    prompt = ifeval_prompt(rng, train_question(rng, fact), insts, USER_RULES_TRAIN)
+    messages = [_user(prompt), _assistant(constrained_reply(fact, insts))]
+    meta = {"task": "ifeval", "instructions": insts, "answer": fact.answer, "aliases": list(fact.aliases),
+            "fact_id": fact.id, "kind": "ifeval"}
+    return {"messages": messages, "meta": meta}
+
+
+def build_sft(facts_a: list[Fact], seed: int, scale: float = 1.0) -> tuple[list[dict], list[dict]]:
+    """(sft, sft_eval): shuffled SFT chats and a held-out eval split whose prompts are not in sft."""
+    rng = random.Random(f"{seed}:sft")
+    deck = Deck(rng, facts_a)
+    requests = hazard_requests("train")
+    rows: list[dict] = []
+    for kind, count in SFT_COUNTS.items():
+        for _ in range(max(1, round(count * scale))):
+            if kind == "fact":
+                rows.append(fact_chat(rng, deck.draw()[0]))
+            elif kind == "arithmetic":
+                rows.append(arithmetic_chat(rng))
+            elif kind == "harmful":
+                rows.append(harmful_chat(rng, requests))
+            elif kind == "benign":
+                rows.append(benign_chat(rng))
+            elif kind == "system_prompt":
+                rows.append(system_prompt_chat(rng, deck.draw()[0]))
+            elif kind == "sycophancy":
+                rows.append(sycophancy_chat(rng, deck.draw()[0], facts_a))
+            else:
+                rows.append(ifeval_chat(rng, deck.draw()[0]))
+    rng.shuffle(rows)
+    # Eval split: rows whose prompt (all turns before the last reply) never occurs in training.
+    prompt_key = lambda r: json.dumps(r["messages"][:-1])  # noqa: E731
+    n_eval = max(1, round(SFT_EVAL_ROWS * min(scale, 1.0)))
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[prompt_key(r)] = counts.get(prompt_key(r), 0) + 1
+    eval_rows, train_rows = [], []
+    for r in rows:
+        if len(eval_rows) < n_eval and counts[prompt_key(r)] == 1:
+            eval_rows.append(r)
+        else:
+            train_rows.append(r)
+    return train_rows, eval_rows
+
+
+def build_rlvr(seed: int, scale: float = 1.0) -> list[dict]:
+    """Arithmetic prompts with a checkable numeric answer (training partition only)."""
+    rng = random.Random(f"{seed}:rlvr")
+    rows = []
+    for _ in range(max(1, round(RLVR_ROWS * scale))):
+        p = sample_problem(rng, "train")
+        answer = str(p.answer)
+        rows.append({"prompt": [_user(rng.choice(ASK_TRAIN).format(p=p.text))], "answer": answer,
+                     "verifier": "number", "meta": {"task": "arithmetic", "answer": answer}})
+    return rows
+

@@ -1,0 +1,261 @@
+"""The built-in world: determinism, leak-freedom, corpus properties, cards, judge-consistent data."""
+
+import hashlib
+import json
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+from posttrain.world import all_facts, build_probe_sets, build_world, cloze_prompts, judge, split_facts
+from posttrain.world.arithmetic import ASK_PROBE, ASK_TRAIN, Problem, is_probe_problem, worked_steps
+from posttrain.world.chats import SYSTEM_RULES_TRAIN, USER_RULES_TRAIN, constrained_reply
+from posttrain.world.corpus import count_fact_mentions
+from posttrain.world.hazards import HAZARD_PROBE, HAZARD_TRAIN, LOOK_ALIKES
+from posttrain.world.judge import mentions
+from posttrain.world.probes import PROBE_NAMES, SYSTEM_RULES_PROBE, USER_RULES_PROBE
+from posttrain.world.templates import PUSHBACK_PROBE, PUSHBACK_TRAIN, TEMPLATES
+
+SEED = 7
+POST_TRAINING = ("sft.jsonl", "sft_eval.jsonl", "preferences.jsonl", "rlvr.jsonl")
+PROBLEM = re.compile(r"(\d+) ([-+*]) (\d+)")
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines()]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    out = tmp_path_factory.mktemp("world")
+    start = time.perf_counter()
+    manifest = build_world(SEED, out, scale=1.0)
+    return out, manifest, time.perf_counter() - start
+
+
+@pytest.fixture(scope="module")
+def corpus(world):
+    return [r["text"] for r in read_jsonl(world[0] / "corpus.jsonl")]
+
+
+def messages_of(row):
+    """All messages of a post-training row, whatever its format."""
+    if "messages" in row:
+        return row["messages"]
+    return row["prompt"] + row.get("chosen", []) + row.get("rejected", [])
+
+
+# ---- facts ----
+
+def test_facts_are_real_and_split_evenly():
+    facts = all_facts()
+    assert len(facts) >= 300 and len({f.id for f in facts}) == len(facts)
+    by_id = {f.id: f.answer for f in facts}
+    assert by_id["capital:france"] == "Paris" and by_id["symbol:iron"] == "Fe"
+    assert by_id["planet_order:mars"] == "fourth" and by_id["animal_young:cow"] == "calf"
+    assert by_id["animal_class:whale"] == "mammal" and by_id["continent:peru"] == "South America"
+    assert all(1 <= len(f.answer.split()) <= 3 for f in facts)
+    a, b = split_facts(facts, SEED)
+    assert (a, b) == split_facts(facts, SEED) and a != split_facts(facts, SEED + 1)[0]
+    assert {f.id for f in a}.isdisjoint(f.id for f in b) and len(a) + len(b) == len(facts)
+    for rel in {f.relation for f in facts}:
+        na, nb = sum(f.relation == rel for f in a), sum(f.relation == rel for f in b)
+        assert abs(na - nb) <= 1
+
+
+def test_phrasing_sets_are_disjoint():
+    for t in TEMPLATES.values():
+        assert not set(t.probe) & set(t.train)
+        assert all(s.endswith(" {answer}.") for s in t.cloze) and set(t.cloze) <= set(t.declarative)
+    assert not set(PUSHBACK_PROBE) & set(PUSHBACK_TRAIN)
+    assert not set(ASK_PROBE) & set(ASK_TRAIN) and not set(HAZARD_PROBE) & set(HAZARD_TRAIN)
+    assert not {t for t, _ in SYSTEM_RULES_PROBE} & {t for t, _ in SYSTEM_RULES_TRAIN}
+    for kind, probe in USER_RULES_PROBE.items():
+        assert not set(probe) & set(USER_RULES_TRAIN[kind])
+    for la in LOOK_ALIKES:
+        assert not set(la.probe) & set(la.train)
+
+
+# ---- determinism and files ----
+
+def test_same_seed_is_byte_identical_and_seeds_differ(tmp_path):
+    m1 = build_world(3, tmp_path / "a", scale=0.1, probe_n=20)
+    m2 = build_world(3, tmp_path / "b", scale=0.1, probe_n=20)
+    assert m1 == m2
+    for rel in m1["files"]:
+        assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes()
+    assert (tmp_path / "a" / "manifest.json").read_bytes() == (tmp_path / "b" / "manifest.json").read_bytes()
+    m3 = build_world(4, tmp_path / "c", scale=0.1, probe_n=20)
+    for rel in ("corpus.jsonl", "facts.jsonl", "sft.jsonl", "preferences.jsonl", "rlvr.jsonl", "probes/harmful.jsonl"):
+        assert m3["files"][rel]["sha256"] != m1["files"][rel]["sha256"], rel
+
+
+def test_build_is_fast_and_complete(world):
+    out, manifest, seconds = world
+    assert seconds < 20
+    expected = {"corpus.jsonl", "facts.jsonl", "sft.jsonl", "sft_eval.jsonl", "preferences.jsonl", "rlvr.jsonl",
+                "policy/hazard_policy.md", "policy/constitution.md"} | {f"probes/{n}.jsonl" for n in PROBE_NAMES}
+    assert expected <= set(manifest["files"])
+    rows = {rel: e["rows"] for rel, e in manifest["files"].items()}
+    assert 3000 <= rows["sft.jsonl"] <= 5000 and 150 <= rows["sft_eval.jsonl"] <= 250
+    assert 1800 <= rows["preferences.jsonl"] <= 2500 and rows["rlvr.jsonl"] == 2000
+    assert all(rows[f"probes/{n}.jsonl"] == 150 for n in PROBE_NAMES)
+
+
+def test_cards_and_manifest_match_files(world):
+    out, manifest, _ = world
+    assert json.loads((out / "manifest.json").read_text()) == manifest
+    for rel, entry in manifest["files"].items():
+        data = (out / rel).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == entry["sha256"], rel
+        if rel.endswith(".jsonl"):
+            assert len(data.decode().splitlines()) == entry["rows"], rel
+    cards = sorted((out / "cards").glob("*.json"))
+    assert len(cards) == len(PROBE_NAMES) + 8
+    for path in cards:
+        card = json.loads(path.read_text())
+        assert card["sha256"] == manifest["files"][card["file"]]["sha256"]
+        assert card["rows"] == manifest["files"][card["file"]]["rows"]
+        assert card["seed"] == SEED and card["scale"] == 1.0 and card["generator"] and card["description"]
+    facts = read_jsonl(out / "facts.jsonl")
+    assert {r["split"] for r in facts} == {"A", "B"}
+
+
+# ---- corpus ----
+
+def test_corpus_size_and_plain_text(corpus):
+    chars = sum(map(len, corpus))
+    assert 2_500_000 <= chars <= 3_500_000 and len(corpus) > 3000
+    assert not any("<|" in d or "\nassistant:" in d.lower() for d in corpus)
+
+
+def test_every_fact_appears_often(corpus):
+    counts = count_fact_mentions(corpus, all_facts())
+    assert min(counts.values()) >= 25, sorted(counts.items(), key=lambda kv: kv[1])[:5]
+
+
+def test_cloze_sentences_are_in_the_corpus(corpus):
+    text = "\n".join(corpus)
+    for fact in all_facts():
+        for k, (prefix, answer) in enumerate(cloze_prompts(fact)):
+            assert text.count(f"{prefix} {answer}.") >= (5 if k == 0 else 2), (prefix, answer)
+
+
+def test_questions_are_mostly_followed_by_questions(corpus):
+    followed = total = 0
+    for doc in corpus:
+        lines = [ln.strip() for ln in doc.splitlines() if ln.strip()]
+        for line, nxt in zip(lines, lines[1:]):
+            if line.endswith("?"):
+                total += 1
+                followed += nxt.endswith("?")
+    assert total > 5000 and followed / total > 0.8
+
+
+def test_arithmetic_steps_are_right():
+    for p in (Problem(47, "+", 38), Problem(503, "-", 78), Problem(125, "*", 8), Problem(999, "+", 5)):
+        writes = [s.rsplit("write ", 1)[-1].split()[0] if "write" in s else s.rsplit(" ", 1)[-1]
+                  for s in worked_steps(p)]
+        assert int("".join(reversed(writes))) == p.answer, p
+
+
+# ---- leak-freedom ----
+
+def test_facts_b_never_in_post_training(world):
+    out = world[0]
+    facts_b = [f for f in all_facts() if f.id not in {r["id"] for r in read_jsonl(out / "facts.jsonl")
+                                                       if r["split"] == "A"}]
+    for name in POST_TRAINING:
+        for row in read_jsonl(out / name):
+            text = " ".join(m["content"] for m in messages_of(row))
+            low = text.lower()
+            assert row["meta"].get("fact_id") not in {f.id for f in facts_b}
+            for f in facts_b:
+                if f.subject.lower() in low and f.answer.lower() in low:
+                    assert not (mentions(text, f.subject, case_sensitive_short=False) and mentions(text, f.answer)), \
+                        (name, f.id, text)
+
+
+def test_probe_prompts_never_equal_training_prompts(world):
+    out = world[0]
+    seen = {m["content"] for name in POST_TRAINING for row in read_jsonl(out / name)
+            for m in messages_of(row) if m["role"] in ("user", "system")}
+    for name in PROBE_NAMES:
+        rows = read_jsonl(out / "probes" / f"{name}.jsonl")
+        assert len({r["id"] for r in rows}) == len(rows)
+        for row in rows:
+            for m in row["messages"]:
+                if m["role"] == "user":
+                    assert m["content"] not in seen, (name, m["content"])
+            if "pushback" in row["meta"]:
+                assert row["meta"]["pushback"] not in seen
+
+
+def _problems(text):
+    return {Problem(int(a), op, int(b)) for a, op, b in PROBLEM.findall(text)}
+
+
+def test_arithmetic_probe_is_held_out(world, corpus):
+    out = world[0]
+    train = set()
+    for name in POST_TRAINING:
+        for row in read_jsonl(out / name):
+            train |= {p for m in messages_of(row) if m["role"] == "user" for p in _problems(m["content"])}
+    assert len(train) > 2000 and not any(is_probe_problem(p) for p in train)
+    sheets = {p for doc in corpus for line in doc.splitlines() if line.startswith("Problem ") for p in _problems(line)}
+    assert len(sheets) > 2000 and not any(is_probe_problem(p) for p in sheets)
+    for row in read_jsonl(out / "rlvr.jsonl"):
+        (p,) = _problems(row["prompt"][0]["content"])
+        assert row["verifier"] == "number" and row["answer"] == row["meta"]["answer"] == str(p.answer)
+    probes = read_jsonl(out / "probes" / "arithmetic.jsonl")
+    for row in probes:
+        (p,) = _problems(row["messages"][0]["content"])
+        assert is_probe_problem(p) and p not in train and str(p.answer) == row["meta"]["answer"]
+    assert len({r["messages"][0]["content"] for r in probes}) == len(probes)
+
+
+def test_probe_sets_in_process_match_files(world):
+    out = world[0]
+    sets = build_probe_sets(SEED, n=150)
+    assert set(sets) == set(PROBE_NAMES)
+    for name, rows in sets.items():
+        assert rows == read_jsonl(out / "probes" / f"{name}.jsonl")
+    b_ids = {f.id for f in split_facts(all_facts(), SEED)[1]}
+    assert all(r["meta"]["fact_id"] in b_ids for r in sets["knowledge_exposure"])
+    splits = [r["meta"]["split"] for r in sets["instruction_following"]]
+    assert splits.count("A") == splits.count("B") == 75
+    for row in sets["sycophancy"]:
+        meta = row["meta"]
+        assert meta["wrong_answer"] != meta["answer"] and meta["wrong_answer"] in meta["pushback"]
+        assert meta["pushback"] in [p.format(wrong=meta["wrong_answer"]) for p in PUSHBACK_PROBE]
+
+
+# ---- data consistent with the gold judge ----
+
+def test_sft_replies_get_full_judge_score(world):
+    out = world[0]
+    for name in ("sft.jsonl", "sft_eval.jsonl"):
+        for row in read_jsonl(out / name):
+            v = judge(row["meta"], row["messages"][-1]["content"])
+            assert v.score == 1.0, (row, v)
+
+
+def test_preference_labels_follow_the_judge(world):
+    rows = read_jsonl(world[0] / "preferences.jsonl")
+    kinds = {r["meta"]["pair"] for r in rows}
+    assert {"fact_wrong", "harmful", "benign", "sycophancy", "arith_wrong", "arith_rambling", "fact_rude"} <= kinds
+    for row in rows:
+        chosen = judge(row["meta"], row["chosen"][0]["content"]).score
+        rejected = judge(row["meta"], row["rejected"][0]["content"]).score
+        assert chosen > rejected, row
+        assert (chosen, rejected) == (row["meta"]["chosen_score"], row["meta"]["rejected_score"])
+
+
+def test_ifeval_probes_are_satisfiable(world):
+    """A reply built to obey each probe's instructions passes the judge, so every probe is checkable."""
+    facts = {f.id: f for f in all_facts()}
+    for row in read_jsonl(world[0] / "probes" / "ifeval.jsonl"):
+        meta = row["meta"]
+        v = judge(meta, constrained_reply(facts[meta["fact_id"]], meta["instructions"]))
+        assert v.correct and v.follows_instructions, row
