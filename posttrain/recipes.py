@@ -192,7 +192,9 @@ class Runner:
 
             if data is None:
                 raise ConfigError(f"stage '{spec.name}' ({spec.kind}) needs 'data'.")
-            cfg = load_config(stage_configs()[spec.kind], overrides=_flatten(raw.get("config") or {}), stage=spec.kind)
+            options = {k: str(self.resolve(v)) if isinstance(v, str) and v.startswith("@") else v
+                       for k, v in _flatten(raw.get("config") or {}).items()}
+            cfg = load_config(stage_configs()[spec.kind], overrides=options, stage=spec.kind)
             if spec.kind == "sft":
                 from posttrain.stages.sft import run_sft
 

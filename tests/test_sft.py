@@ -118,3 +118,22 @@ def test_lora_trains_and_merges(tiny_llama_dir, chat_file, tmp_path):
     assert not any("lora" in k for k in w)  # merged: a plain model
     base = weights(tiny_llama_dir)
     assert any(not torch.equal(w[k], base[k]) for k in base if "proj" in k)
+
+
+def test_replay_mixes_text_with_full_loss(tiny_llama_dir, chat_file, tmp_path):
+    from posttrain.data.formats import load_dataset_rows  # noqa: F401  (the same reader the stage uses)
+    from posttrain.models import load_tokenizer
+    from posttrain.stages.sft import prepare_sft_rows
+
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"text": f"The capital of {c} is {a}. " * 3}) + "\n" for c, a in QA * 4))
+    tok = load_tokenizer(tiny_llama_dir)
+    plain = prepare_sft_rows(tok, chat_file, cfg())
+    mixed = prepare_sft_rows(tok, chat_file, cfg(**{"data.replay_data": str(corpus), "data.replay_ratio": 0.5}))
+    plain_tokens = sum(len(r) for r in plain[0])
+    mixed_tokens = sum(len(r) for r in mixed[0])
+    assert 1.4 * plain_tokens <= mixed_tokens <= 1.7 * plain_tokens
+    assert mixed[4][-1]["role"] == "replay" and mixed[4][-1]["examples"] > 0
+    # replay text carries loss on every token but the first of each chunk
+    full = sum(sum(r.loss_mask) for r in mixed[0]) - sum(sum(r.loss_mask) for r in plain[0])
+    assert full >= 0.9 * (mixed_tokens - plain_tokens)

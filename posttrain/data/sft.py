@@ -84,3 +84,22 @@ def split_documents(tokenizer, rows: list[Row], max_length: int) -> tuple[list[E
             stats.target_tokens += sum(ex.loss_mask)
     stats.examples = len(out)
     return out, stats
+
+
+def replay_examples(tokenizer, rows: list[Row], max_length: int, budget_tokens: int, seed: int) -> list[Example]:
+    """A deterministic random sample of text chunks (full loss) holding about `budget_tokens` tokens."""
+    import random
+
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    out, total = [], 0
+    for start in range(0, len(order), 256):
+        if total >= budget_tokens:
+            break
+        chunk_rows = [rows[i] for i in order[start:start + 256]]
+        for ex in split_documents(tokenizer, chunk_rows, max_length)[0]:
+            if total >= budget_tokens:
+                break
+            out.append(ex)
+            total += len(ex.input_ids)
+    return out

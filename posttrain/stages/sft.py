@@ -12,7 +12,7 @@ from posttrain.console import summary
 from posttrain.data.chat import ensure_chat_template
 from posttrain.data.formats import load_dataset_rows
 from posttrain.data.packing import pack_examples, unpacked_rows
-from posttrain.data.sft import build_examples
+from posttrain.data.sft import build_examples, replay_examples
 from posttrain.stages.common import checkpoint_dir, finalize_model, prepare_model, split_rows
 from posttrain.training.config import DataConfig, ModelConfig, TrainConfig
 from posttrain.training.loop import Trainer
@@ -43,6 +43,11 @@ def prepare_sft_rows(tok, data_path, cfg: SFTConfig):
         efmt = fmt
     kw = dict(max_length=cfg.data.max_length, overlength=cfg.data.overlength, assistant_only=cfg.data.assistant_only_loss)
     train_ex, stats = build_examples(tok, rows, fmt, path=data_path, **kw)
+    if cfg.data.replay_data and cfg.data.replay_ratio > 0:
+        _, text_rows = load_dataset_rows(cfg.data.replay_data, allowed=("text",))
+        replay = replay_examples(tok, text_rows, cfg.data.max_length, int(cfg.data.replay_ratio * stats.tokens), cfg.train.seed)
+        records.append(data_record(cfg.data.replay_data, len(text_rows)) | {"role": "replay", "examples": len(replay)})
+        train_ex = train_ex + replay
     eval_ex = build_examples(tok, eval_rows, efmt, path=cfg.data.eval_data or data_path, **kw)[0] if eval_rows else []
     shape = (lambda ex: pack_examples(ex, cfg.data.max_length)) if cfg.data.packing else unpacked_rows
     return shape(train_ex), shape(eval_ex), stats, fmt, records

@@ -43,6 +43,8 @@ class DataConfig:
     eval_data: str | None = opt(None, "Held-out data file; when unset, `eval_fraction` of the training data is held out.")
     eval_fraction: float = opt(0.05, "Fraction of the data held out for eval loss when `eval_data` is unset.")
     limit: int | None = opt(None, "Use only the first N training rows (for quick runs).")
+    replay_data: str | None = opt(None, "Pretraining-style text (JSONL rows with 'text') mixed into training with full loss, to limit forgetting (as InstructGPT's pretraining mix).")
+    replay_ratio: float = opt(0.0, "Replay tokens per training token when `replay_data` is set (e.g. 0.5).")
 
 
 @dataclass

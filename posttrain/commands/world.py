@@ -1,0 +1,37 @@
+"""`posttrain world build`: the built-in world, deterministic for a seed."""
+
+NAME = "world"
+ORDER = 10
+HELP = "Build the built-in world: facts, pretraining corpus, post-training sets, probes, policies, data cards."
+DESCRIPTION = """Generate the built-in world (deterministic for a seed: the same seed gives byte-identical files).
+
+  posttrain world build --seed 0 --out runs/world
+
+Writes corpus.jsonl (pretraining documents), facts.jsonl (facts with their A/B split),
+sft.jsonl / sft_eval.jsonl (chats), preferences.jsonl (pairs labelled by the gold judge),
+rlvr.jsonl (prompts with checkable answers), probes/<name>.jsonl (held-out probe sets),
+policy/hazard_policy.md and policy/constitution.md, cards/<set>.json (data cards:
+rows, sha256, generator version, seed) and manifest.json."""
+
+
+def add_arguments(parser):
+    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    b = sub.add_parser("build", help="Generate the world into a directory.", description=DESCRIPTION,
+                       formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
+    b.add_argument("--seed", type=int, default=0, help="Seed of every random choice (default 0).")
+    b.add_argument("--out", required=True, help="Directory to write (created).")
+    b.add_argument("--scale", type=float, default=1.0, help="Multiplies the corpus and post-training set sizes (default 1.0).")
+    b.add_argument("--probe-n", type=int, default=150, help="Rows per probe set (default 150).")
+
+
+def run(args) -> int:
+    from posttrain.console import table
+    from posttrain.world.build import build_world
+
+    manifest = build_world(args.seed, args.out, args.scale, probe_n=args.probe_n)
+    files = manifest.get("files", {})
+    rows = [[name, info.get("rows", "-"), info.get("sha256", "")[:12]] for name, info in sorted(files.items())
+            if not name.startswith("cards/")]
+    print(table(rows, ["file", "rows", "sha256"]))
+    print(f"world (seed {args.seed}, scale {args.scale}) written to {args.out}")
+    return 0
