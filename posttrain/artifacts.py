@@ -14,6 +14,7 @@ import os
 import platform
 import shutil
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -44,12 +45,16 @@ def sha256_path(path: str | Path) -> str:
 
 
 def git_commit() -> str | None:
-    here = Path(__file__).resolve().parent
+    """HEAD of the git repository posttrain's code lives in, or None (installed package, no git, no commits)."""
+    pkg = Path(__file__).resolve().parent
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
-        return out.stdout.strip() or None if out.returncode == 0 else None
+        top = subprocess.run(["git", "-C", str(pkg), "rev-parse", "--show-toplevel"], capture_output=True, text=True, timeout=10)
+        if top.returncode != 0 or not (Path(top.stdout.strip()) / "posttrain" / "__init__.py").exists():
+            return None
+        head = subprocess.run(["git", "-C", str(pkg), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return None
+    return head.stdout.strip() or None if head.returncode == 0 else None
 
 
 def library_versions() -> dict:
@@ -114,11 +119,23 @@ def atomic_dir(out: str | Path):
         shutil.rmtree(old, ignore_errors=True)
 
 
-def write_json_atomic(path: str | Path, obj) -> None:
+def write_json_atomic(path: str | Path, data) -> Path:
+    """Write JSON to a temporary file in the same folder, then rename it over `path`.
+
+    A crash mid-write leaves the old file intact instead of a half-written one.
+    """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
-    os.replace(tmp, path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2, ensure_ascii=False, default=str)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
 
 
 def save_artifact(

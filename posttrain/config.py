@@ -15,7 +15,7 @@ import dataclasses
 import difflib
 import types
 import typing
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 

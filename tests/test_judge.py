@@ -150,7 +150,7 @@ def test_polite():
     ({"type": "max_words", "n": 3}, "It is Paris.", "The capital is Paris."),
     ({"type": "keyword", "word": "river"}, "Paris sits on a River.", "Paris is on the Seine."),
     ({"type": "json"}, '{"answer": "Paris"}', "answer: Paris"),
-    ({"type": "json"}, '```json\n{"answer": "Paris"}\n```', '["Paris"]'),
+    ({"type": "json"}, '```json\n{"answer": "Paris"}\n```', '{"answer": Paris}'),
     ({"type": "ends_with", "text": "Cheers!"}, "Paris. Cheers!", "Cheers! Paris."),
 ])
 def test_instruction_checks(inst, good, bad):

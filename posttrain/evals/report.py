@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from posttrain.artifacts import write_json_atomic
 from posttrain.evals.probe import Metric, Probe, ProbeResult
 
 REPORT_FORMAT = "posttrain.eval_report"
@@ -76,25 +75,6 @@ class Report:
 
     def save(self, path: str | Path) -> Path:
         return write_json_atomic(path, self.to_json())
-
-
-def write_json_atomic(path: str | Path, data: dict) -> Path:
-    """Write JSON to a temporary file in the same folder, then rename it over `path`.
-
-    A crash mid-write leaves the old file intact instead of a half-written one.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, ensure_ascii=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def _as_dict(report) -> dict:

@@ -10,11 +10,10 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
-import subprocess
 import time
-from pathlib import Path
 
 from posttrain import __version__
+from posttrain.artifacts import git_commit
 from posttrain.errors import PosttrainError
 from posttrain.evals.probe import ProbeContext, get_probes
 from posttrain.evals.report import Report, probe_json, sha256_text
@@ -47,20 +46,6 @@ class CachingEngine:
                 self.cache[k] = c
             self.generated += len(todo)
         return [self.cache[k] for k in keys]
-
-
-def git_commit() -> str | None:
-    """HEAD of the git repository posttrain's code lives in, or None (installed package, no git, no commits)."""
-    pkg = Path(__file__).resolve().parents[1]
-    try:
-        top = subprocess.run(["git", "-C", str(pkg), "rev-parse", "--show-toplevel"],
-                             capture_output=True, text=True, timeout=10)
-        if top.returncode != 0 or not (Path(top.stdout.strip()) / "posttrain" / "__init__.py").exists():
-            return None
-        head = subprocess.run(["git", "-C", str(pkg), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return head.stdout.strip() if head.returncode == 0 else None
 
 
 def _check_refusal_classifier(name: str) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import random
 
+from posttrain.evals.ifeval import count_words
 from posttrain.world.arithmetic import ASK_TRAIN, sample_problem, worked_solution
 from posttrain.world.facts import Fact
 from posttrain.world.hazards import LOOK_ALIKES, hazard_requests, refusal
@@ -66,7 +67,7 @@ def constrained_reply(fact: Fact, instructions: list[dict], answer: str | None =
         reply = json.dumps({"answer": ans})
     elif "max_words" in kinds:
         room = kinds["max_words"]["n"] - ("keyword" in kinds) - ("ends_with" in kinds)
-        if len(reply.split()) > room:
+        if count_words(reply) > room:  # counted as the ifeval probe counts (IFEval's \w+ words)
             reply = f"{cap(ans)}."
     if "keyword" in kinds:
         word = kinds["keyword"]["word"]

@@ -23,7 +23,6 @@ right dominates; brevity and politeness break ties between equally right answers
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 
@@ -79,29 +78,13 @@ def extract_final_number(text: str) -> int | float | None:
     return _to_number(numbers[-1]) if numbers else None
 
 
-def _parse_json(text: str):
-    t = text.strip()
-    t = re.sub(r"^```(?:json)?\s*|\s*```$", "", t)
-    try:
-        return json.loads(t)
-    except ValueError:
-        return None
-
-
 def check_instruction(inst: dict, response: str) -> bool:
-    """One rule-checkable instruction: lowercase, max_words, keyword, json, ends_with."""
-    kind = inst["type"]
-    if kind == "lowercase":
-        return response == response.lower()
-    if kind == "max_words":
-        return len(response.split()) <= int(inst["n"])
-    if kind == "keyword":
-        return mentions(response, inst["word"], case_sensitive_short=False)
-    if kind == "json":
-        return isinstance(_parse_json(response), dict)
-    if kind == "ends_with":
-        return response.rstrip().endswith(inst["text"])
-    raise ValueError(f"unknown instruction type {kind!r}; known: lowercase, max_words, keyword, json, ends_with")
+    """One rule-checkable instruction, by the same checkers the ifeval probe uses (posttrain.evals.ifeval)."""
+    from posttrain.evals.ifeval import CHECKERS
+
+    if inst["type"] not in CHECKERS:
+        raise ValueError(f"unknown instruction type {inst['type']!r}; known: {', '.join(CHECKERS)}")
+    return CHECKERS[inst["type"]](response, inst)
 
 
 def _fact_correct(meta: dict, text: str) -> bool:
