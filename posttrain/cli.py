@@ -54,6 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
+    if getattr(args, "no_progress", False):  # transformers' own bars (e.g. "Loading weights") too
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     try:
         return int(args._run(args) or 0)
     except PosttrainError as e:

@@ -137,3 +137,14 @@ def test_replay_mixes_text_with_full_loss(tiny_llama_dir, chat_file, tmp_path):
     # replay text carries loss on every token but the first of each chunk
     full = sum(sum(r.loss_mask) for r in mixed[0]) - sum(sum(r.loss_mask) for r in plain[0])
     assert full >= 0.9 * (mixed_tokens - plain_tokens)
+
+
+def test_gradient_accumulation_matches_one_big_batch(tiny_llama_dir, chat_file, tmp_path):
+    """Loss is averaged over target tokens of the whole optimizer step, so 2x2 == 1x4."""
+    run_sft(tiny_llama_dir, chat_file, tmp_path / "big", cfg(**{"train.max_steps": 2, "train.batch_size": 4,
+                                                                 "data.packing": False}), progress=False)
+    run_sft(tiny_llama_dir, chat_file, tmp_path / "acc", cfg(**{"train.max_steps": 2, "train.batch_size": 2,
+                                                                 "train.grad_accum": 2, "data.packing": False}), progress=False)
+    a, b = weights(tmp_path / "big"), weights(tmp_path / "acc")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=2e-6, rtol=1e-5)

@@ -64,5 +64,5 @@ class TrainConfig:
     max_steps: int = opt(-1, "Optimizer steps; -1 derives them from epochs.")
     seed: int = opt(0, "Seed for shuffling and initialisation.")
     eval_every: int = opt(0, "Evaluate held-out loss every N steps (0 = only at the end).")
-    save_every: int = opt(0, "Write a resumable checkpoint every N steps (0 = none).")
+    save_every: int = opt(200, "Write a resumable checkpoint every N steps (0 = none); `--resume` continues from the latest.")
     log_every: int = opt(10, "Write a metrics line every N steps.")
