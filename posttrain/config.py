@@ -83,12 +83,14 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected an integer, got {value!r}")
         return int(f)
     if tp is float:
+        if isinstance(value, bool):  # float(True) would silently be 1.0
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
         try:
             return float(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{key}: expected a number, got {value!r}") from None
     if tp is str:
-        if isinstance(value, (dict, list)):
+        if value is None or isinstance(value, (dict, list)):  # str(None) would silently be 'None'
             raise ConfigError(f"{key}: expected a string, got {value!r}")
         return str(value)
     return value
@@ -104,9 +106,14 @@ def _check_choices(f: dataclasses.Field, value: Any, key: str) -> None:
         raise ConfigError(f"{key}: {value!r} is not allowed; choose one of {', '.join(map(str, choices))}.")
 
 
-def from_dict(cls, data: dict | None, prefix: str = ""):
-    """Build config `cls` from a nested dict, validating every key and value."""
+def from_dict(cls, data: dict | None, prefix: str = "", base=None):
+    """Build config `cls` from a nested dict, validating every key and value.
+
+    Keys not given keep the defaults of `base` (default: `cls()`), so a section whose
+    default comes from a factory (pretrain's `train`) keeps it when one key is set.
+    """
     data = dict(data or {})
+    base = cls() if base is None else base
     hints = _hints(cls)
     by_name = {f.name: f for f in fields(cls)}
     unknown = [k for k in data if k not in by_name]
@@ -121,12 +128,12 @@ def from_dict(cls, data: dict | None, prefix: str = ""):
         if is_dataclass(tp):
             if not isinstance(value, dict):
                 raise ConfigError(f"{key}: expected a mapping of {tp.__name__} options, got {value!r}")
-            kwargs[name] = from_dict(tp, value, prefix=f"{key}.")
+            kwargs[name] = from_dict(tp, value, prefix=f"{key}.", base=getattr(base, name))
         else:
             v = _coerce(value, tp, key)
             _check_choices(f, v, key)
             kwargs[name] = v
-    obj = cls(**kwargs)
+    obj = dataclasses.replace(base, **kwargs)
     for f in fields(cls):  # defaults must satisfy choices too
         if f.name not in kwargs and not is_dataclass(hints[f.name]):
             _check_choices(f, getattr(obj, f.name), f"{prefix}{f.name}")
@@ -218,14 +225,14 @@ def _type_name(tp) -> str:
     return "none" if tp is type(None) else getattr(tp, "__name__", str(tp))
 
 
-def options_table(cls, prefix: str = "") -> list[str]:
+def options_table(cls, prefix: str = "", inst=None) -> list[str]:
     rows = []
     hints = _hints(cls)
-    inst = cls()
+    inst = cls() if inst is None else inst
     for f in fields(cls):
         tp = hints[f.name]
         if is_dataclass(tp):
-            rows += options_table(tp, prefix=f"{prefix}{f.name}.")
+            rows += options_table(tp, prefix=f"{prefix}{f.name}.", inst=getattr(inst, f.name))
             continue
         default = getattr(inst, f.name)
         choices = f.metadata.get("choices")

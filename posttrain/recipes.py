@@ -84,6 +84,11 @@ def load_recipe(path: str | Path, quick: bool = False) -> Recipe:
         seen.add(name)
         if quick and name in quick_over:
             entry = _merge(entry, quick_over[name])
+        earlier = [s.name for s in stages]
+        for ref in _refs(entry):  # a typo in the last stage must not wait for the first ones to finish
+            if ref[1:].partition("/")[0] not in earlier:
+                raise ConfigError(f"recipe '{path}', stage '{name}': reference '{ref}' names no earlier stage "
+                                  f"(earlier: {', '.join(earlier) or 'none'}).")
         stages.append(StageSpec(name, kind, entry))
     unknown = set(quick_over) - seen
     if unknown:
@@ -131,6 +136,9 @@ class Runner:
             fp_inputs = {"stage": spec.raw, "model": self._input_fingerprint(model_ref) if model_ref and spec.kind not in ("world", "tokenizer") else None}
             if "data" in spec.raw:
                 fp_inputs["data"] = self._input_fingerprint(spec.raw["data"])
+            other_refs = sorted(set(_refs(spec.raw)) - {model_ref, spec.raw.get("data")})
+            if other_refs:  # e.g. an eval `source` or a `replay_data` inside config
+                fp_inputs["refs"] = [self._input_fingerprint(r) for r in other_refs]
             fp = hashlib.sha256(json.dumps(fp_inputs, sort_keys=True, default=str).encode()).hexdigest()[:16]
             self.fingerprints[spec.name] = fp
             out = self.run_dir / spec.name
@@ -216,6 +224,17 @@ class Runner:
             out.mkdir(parents=True, exist_ok=True)
             report.save(out / "eval_report.json")
             return
+
+
+def _refs(value) -> list[str]:
+    """Every `@stage/...` reference in a stage entry, nested options included."""
+    if isinstance(value, str):
+        return [value] if value.startswith("@") else []
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, list):
+        return [r for v in value for r in _refs(v)]
+    return []
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:

@@ -1,0 +1,127 @@
+"""Loading models safely (safetensors only, no remote code unless asked) and choosing a dtype."""
+
+import pytest
+import torch
+
+import posttrain.models as models
+from posttrain.errors import PosttrainError
+from posttrain.models import load_model, load_model_and_tokenizer, load_tokenizer, resolve_dtype
+
+
+def test_explicit_dtypes_are_returned_as_given(monkeypatch):
+    monkeypatch.setenv("POSTTRAIN_CPU_DTYPE", "bf16")  # only "auto" reads it
+    assert resolve_dtype("fp32") == "fp32"
+    assert resolve_dtype("bf16") == "bf16"
+    assert resolve_dtype("fp32", "cuda") == "fp32"
+
+
+def test_auto_on_cpu_follows_the_env_var(monkeypatch):
+    def never(*a):
+        raise AssertionError("the env var must win over measuring")
+
+    monkeypatch.setattr(models, "_cpu_bf16_is_faster", never)
+    for value in ("fp32", "bf16"):
+        monkeypatch.setenv("POSTTRAIN_CPU_DTYPE", value)
+        assert resolve_dtype("auto") == value
+        assert resolve_dtype("auto", torch.device("cpu")) == value
+
+
+def test_auto_on_cpu_measures_when_the_env_var_is_unset_or_invalid(monkeypatch):
+    monkeypatch.delenv("POSTTRAIN_CPU_DTYPE", raising=False)
+    monkeypatch.setattr(models, "_cpu_bf16_is_faster", lambda: True)
+    assert resolve_dtype("auto") == "bf16"
+    monkeypatch.setattr(models, "_cpu_bf16_is_faster", lambda: False)
+    assert resolve_dtype("auto") == "fp32"
+    monkeypatch.setenv("POSTTRAIN_CPU_DTYPE", "fp16")  # not a choice: ignored
+    assert resolve_dtype("auto") == "fp32"
+
+
+def test_auto_measurement_gives_a_known_dtype(monkeypatch):
+    monkeypatch.delenv("POSTTRAIN_CPU_DTYPE", raising=False)
+    assert resolve_dtype("auto") in ("fp32", "bf16")
+
+
+def test_auto_on_cuda_asks_the_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert resolve_dtype("auto", "cuda") == "bf16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert resolve_dtype("auto", "cuda:0") == "fp32"
+
+
+@pytest.mark.parametrize("bad", ["fp16", "float32", "", "BF16"])
+def test_bad_dtype_is_an_error_listing_the_choices(bad):
+    with pytest.raises(PosttrainError, match=rf"dtype must be one of auto, fp32, bf16, got '{bad}'"):
+        resolve_dtype(bad)
+
+
+# ---------------------------------------------------------------- loading
+
+
+def test_load_model_reads_safetensors_in_fp32(tiny_llama_dir):
+    model, tok = load_model_and_tokenizer(tiny_llama_dir, "cpu")
+    assert type(model).__name__ == "LlamaForCausalLM"
+    assert all(p.dtype == torch.float32 and p.device.type == "cpu" for p in model.parameters())
+    assert model.config.hidden_size == 32 and model.config.num_hidden_layers == 2
+    assert tok.pad_token == "<|pad|>" and tok.eos_token == "<|endoftext|>"
+
+
+def test_pickle_weights_are_refused_with_a_hint(tiny_llama_dir, tmp_path):
+    d = tmp_path / "pickled"
+    d.mkdir()
+    (d / "config.json").write_text((tiny_llama_dir / "config.json").read_text())
+    model = load_model(tiny_llama_dir, "cpu")
+    torch.save(model.state_dict(), d / "pytorch_model.bin")
+    with pytest.raises(PosttrainError) as e:
+        load_model(d, "cpu")
+    msg = str(e.value)
+    assert "pickled" in msg and "holds no .safetensors weights" in msg
+    assert "save_pretrained(safe_serialization=True)" in msg
+
+
+def test_missing_dir_is_a_clear_error(tmp_path):
+    with pytest.raises(PosttrainError, match=r"model directory '.*nowhere' does not exist.*nothing is downloaded"):
+        load_model(tmp_path / "nowhere", "cpu")
+
+
+def test_dir_without_config_is_a_clear_error(tmp_path):
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    with pytest.raises(PosttrainError, match="has no config.json, so it is not a transformers model directory"):
+        load_model(tmp_path, "cpu")
+
+
+def test_remote_code_is_off_and_nothing_is_downloaded_by_default(tiny_llama_dir, monkeypatch):
+    import transformers
+
+    calls = []
+
+    def spy(real):
+        def wrapped(*args, **kwargs):
+            calls.append(kwargs)
+            return real(*args, **kwargs)
+        return wrapped
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained",
+                        spy(transformers.AutoModelForCausalLM.from_pretrained))
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", spy(transformers.AutoTokenizer.from_pretrained))
+    load_model(tiny_llama_dir, "cpu")
+    load_tokenizer(tiny_llama_dir)
+    assert len(calls) == 2
+    for kw in calls:
+        assert kw["trust_remote_code"] is False and kw["local_files_only"] is True
+    assert calls[0]["use_safetensors"] is True and calls[0]["dtype"] == torch.float32
+
+
+def test_stages_pass_trust_remote_code_from_the_config(tiny_llama_dir, monkeypatch):
+    from posttrain.config import load_config
+    from posttrain.stages import common
+    from posttrain.stages.sft import SFTConfig
+
+    seen = []
+    monkeypatch.setattr(common, "load_tokenizer", lambda path, trc=False: seen.append(("tok", trc)) or load_tokenizer(path))
+    monkeypatch.setattr(common, "load_model", lambda path, dev, trc=False: seen.append(("model", trc)) or load_model(path, dev))
+    common.prepare_model(tiny_llama_dir, load_config(SFTConfig, overrides=["device=cpu", "dtype=fp32"]).model)
+    assert seen == [("tok", False), ("model", False)]
+    seen.clear()
+    common.prepare_model(tiny_llama_dir, load_config(SFTConfig, overrides=["device=cpu", "trust_remote_code=true"]).model)
+    assert seen == [("tok", True), ("model", True)]
+
