@@ -105,6 +105,11 @@ def _check_model_dir(path: Path) -> None:
 def load_tokenizer(path: str | Path, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
+    if not Path(path).is_dir():
+        raise PosttrainError(
+            f"model directory '{path}' does not exist. Pass --model with a local transformers model "
+            "directory or a posttrain artifact (nothing is downloaded)."
+        )
     tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code, local_files_only=True)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token

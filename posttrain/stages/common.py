@@ -33,11 +33,14 @@ def checkpoint_dir(out: str | Path) -> Path:
     return out.parent / f"{out.name}.checkpoints"
 
 
-def prepare_model(model_path, mcfg: ModelConfig):
-    """Load tokenizer + model on the configured device; wrap in LoRA when asked. Returns (model, tok, device, dtype)."""
+def prepare_model(model_path, mcfg: ModelConfig, tok=None):
+    """Load tokenizer (unless given) + model on the configured device; wrap in LoRA when asked.
+
+    Returns (model, tok, device, dtype).
+    """
     device = resolve_device(mcfg.device)
     dtype = resolve_dtype(mcfg.dtype, device)
-    tok = load_tokenizer(model_path, mcfg.trust_remote_code)
+    tok = tok if tok is not None else load_tokenizer(model_path, mcfg.trust_remote_code)
     model = load_model(model_path, device, mcfg.trust_remote_code)
     if mcfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()

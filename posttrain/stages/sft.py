@@ -13,6 +13,7 @@ from posttrain.data.chat import ensure_chat_template
 from posttrain.data.formats import load_dataset_rows
 from posttrain.data.packing import pack_examples, unpacked_rows
 from posttrain.data.sft import build_examples, replay_examples
+from posttrain.models import load_tokenizer
 from posttrain.stages.common import checkpoint_dir, finalize_model, prepare_model, split_rows
 from posttrain.training.config import DataConfig, ModelConfig, TrainConfig
 from posttrain.training.loop import Trainer
@@ -55,9 +56,11 @@ def prepare_sft_rows(tok, data_path, cfg: SFTConfig):
 
 def run_sft(model_path, data_path, out, cfg: SFTConfig, *, resume: bool = False, progress: bool = True) -> dict:
     t0 = time.perf_counter()
-    model, tok, device, dtype = prepare_model(model_path, cfg.model)
+    # Data first: a bad line is reported before a (possibly large) model is loaded.
+    tok = load_tokenizer(model_path, cfg.model.trust_remote_code)
     template = ensure_chat_template(tok, cfg.data.chat_template)
     train_rows, eval_rows, stats, fmt, records = prepare_sft_rows(tok, data_path, cfg)
+    model, tok, device, dtype = prepare_model(model_path, cfg.model, tok)
     trainer = Trainer(model, train_rows, cfg.train, device=device, dtype=dtype, pad_id=tok.pad_token_id,
                       eval_rows=eval_rows, ckpt_dir=checkpoint_dir(out), desc="sft", progress=progress)
     if resume:
