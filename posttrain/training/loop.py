@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from posttrain.artifacts import atomic_dir
-from posttrain.data.packing import PackedRow, collate
+from posttrain.data.packing import PackedRow, attention_within_examples, collate
 from posttrain.errors import NonFiniteLossError, PosttrainError
 from posttrain.losses import shift_targets, token_nll_sum
 from posttrain.models import autocast
@@ -54,7 +54,8 @@ def nll_and_count(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, 
     n = int(sel.sum())
     base = _base(model)
     if getattr(base.config, "model_type", None) in _PLAIN_HEAD:
-        hidden = base.get_decoder()(input_ids=ids, position_ids=pos, use_cache=False).last_hidden_state
+        with attention_within_examples(base, pos) as extra:  # attention per example, not over the whole row
+            hidden = base.get_decoder()(input_ids=ids, position_ids=pos, use_cache=False, **extra).last_hidden_state
         logits = base.get_output_embeddings()(hidden[:, :-1][sel])
     else:
         logits = model(input_ids=ids, position_ids=pos, use_cache=False).logits[:, :-1][sel]
