@@ -109,9 +109,8 @@ def run_pretrain(model_path, data_path, out, cfg: PretrainConfig, *, resume: boo
     import shutil
 
     shutil.rmtree(checkpoint_dir(out), ignore_errors=True)
-    if progress:
-        print(summary(f"pretraining finished: {out} ({prov['artifact_id']})", {
-            "parameters": n_params, "steps": result.steps, "train loss": result.train_loss,
-            "eval loss": result.eval_loss, "tokens seen": result.tokens, "tokens/s": round(result.tokens_per_s, 1),
-            "dtype": dtype, "wall time (s)": round(time.perf_counter() - t0, 1)}))
+    print(summary(f"pretraining finished: {out} ({prov['artifact_id']})", {
+        "parameters": n_params, "steps": result.steps, "train loss": result.train_loss,
+        "eval loss": result.eval_loss, "tokens seen": result.tokens, "tokens/s": round(result.tokens_per_s, 1),
+        "dtype": dtype, "wall time (s)": round(time.perf_counter() - t0, 1)}))
     return prov

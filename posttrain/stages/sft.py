@@ -79,13 +79,12 @@ def run_sft(model_path, data_path, out, cfg: SFTConfig, *, resume: bool = False,
         wall_time_s=time.perf_counter() - t0,
     )
     _remove_checkpoints(out)
-    if progress:
-        print(summary(f"SFT finished: {out} ({prov['artifact_id']})", {
-            "steps": result.steps, "train loss": result.train_loss, "eval loss": result.eval_loss,
-            "examples": stats.examples, "truncated": stats.truncated, "dropped": stats.dropped,
-            "target tokens": stats.target_tokens, "tokens/s": round(result.tokens_per_s, 1),
-            "dtype": dtype, "wall time (s)": round(time.perf_counter() - t0, 1),
-        }))
+    print(summary(f"SFT finished: {out} ({prov['artifact_id']})", {
+        "steps": result.steps, "train loss": result.train_loss, "eval loss": result.eval_loss,
+        "examples": stats.examples, "truncated": stats.truncated, "dropped": stats.dropped,
+        "target tokens": stats.target_tokens, "tokens/s": round(result.tokens_per_s, 1),
+        "dtype": dtype, "wall time (s)": round(time.perf_counter() - t0, 1),
+    }))
     return prov
 
 
