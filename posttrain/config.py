@@ -191,19 +191,25 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
 
 
+def read_yaml_mapping(path: Path, what: str, holds: str = "a mapping") -> dict:
+    """A YAML file that must hold a mapping; errors name the file and say what is wrong."""
+    if not path.exists():
+        raise ConfigError(f"{what} '{path}' does not exist.")
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{what} '{path}' is not valid YAML: {e}") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{what} '{path}' must hold {holds}.")
+    return loaded
+
+
 def load_config(cls, path: str | Path | None = None, overrides: list[str] | dict | None = None, stage: str | None = None):
     """YAML file (optionally nested under the stage name) + overrides -> validated config."""
     data: dict = {}
     if path:
         p = Path(path)
-        if not p.exists():
-            raise ConfigError(f"config file '{p}' does not exist.")
-        try:
-            loaded = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file '{p}' is not valid YAML: {e}") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config file '{p}' must hold a mapping of options.")
+        loaded = read_yaml_mapping(p, "config file", "a mapping of options")
         if stage and set(loaded) == {stage} and isinstance(loaded[stage], dict):
             loaded = loaded[stage]
         data = loaded

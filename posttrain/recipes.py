@@ -27,9 +27,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
 
 from posttrain.artifacts import sha256_path, write_json_atomic
+from posttrain.config import read_yaml_mapping
 from posttrain.errors import ConfigError
 
 KINDS = ("world", "tokenizer", "pretrain", "sft", "eval")
@@ -62,13 +62,8 @@ def _merge(a: dict, b: dict) -> dict:
 
 def load_recipe(path: str | Path, quick: bool = False) -> Recipe:
     path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"recipe '{path}' does not exist.")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"recipe '{path}' is not valid YAML: {e}") from None
-    if not isinstance(data, dict) or not isinstance(data.get("stages"), list) or not data["stages"]:
+    data = read_yaml_mapping(path, "recipe", "a mapping with a non-empty 'stages' list")
+    if not isinstance(data.get("stages"), list) or not data["stages"]:
         raise ConfigError(f"recipe '{path}' needs a non-empty 'stages' list.")
     quick_over = data.get("quick") or {}
     stages, seen = [], set()

@@ -9,9 +9,9 @@ generator is deterministic.
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
+from posttrain.data.formats import read_rows
 from posttrain.errors import DataError, PosttrainError
 
 BUILTIN_SEED = 0
@@ -39,23 +39,15 @@ def spread(items: list, n: int | None) -> list:
 
 
 def read_jsonl(path: Path) -> list[dict]:
+    """Probe rows of a world's probes/<name>.jsonl, checked for the keys every probe needs."""
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError as e:
-                raise DataError(path, i, None, f"is not valid JSON ({e}).") from None
-            for key in ("id", "meta"):
-                if key not in row:
-                    raise DataError(path, i, key, "is missing.",
-                                    "Each probe row needs id, messages (or prompt) and meta.")
-            if "messages" not in row and "prompt" not in row:
-                raise DataError(path, i, "messages", "is missing.",
-                                "Each probe row needs messages (or prompt for raw text).")
-            rows.append(row)
+    for row in read_rows(path):
+        for key in ("id", "meta"):
+            if key not in row.data:
+                raise DataError(path, row.line, key, "is missing.", "Each probe row needs id, messages (or prompt) and meta.")
+        if "messages" not in row.data and "prompt" not in row.data:
+            raise DataError(path, row.line, "messages", "is missing.", "Each probe row needs messages (or prompt for raw text).")
+        rows.append(row.data)
     return rows
 
 
@@ -67,7 +59,7 @@ class ProbeSource:
         if self.world_dir is not None and not (self.world_dir / "probes").is_dir():
             raise PosttrainError(
                 f"'{self.world_dir}' has no probes/ folder, so it is not a world directory. "
-                "Build one with `posttrain world build DIR`, or leave out --data to use the built-in world."
+                "Build one with `posttrain world build --out DIR`, or leave out --data to use the built-in world."
             )
         self._builtin: dict[str, list[dict]] | None = None
 
@@ -113,7 +105,7 @@ class ProbeSource:
         from posttrain.world.facts import Fact
 
         out = []
-        for row in read_jsonl_plain(path):
+        for row in (r.data for r in read_rows(path)):
             row["aliases"] = tuple(row.get("aliases", ()))
             out.append(Fact(**{k: row[k] for k in ("id", "topic", "subject", "relation", "answer", "aliases")}))
         return out
@@ -129,8 +121,3 @@ class ProbeSource:
                 "meta": {"task": "cloze", "answer": answer, "aliases": list(fact.aliases), "fact_id": fact.id},
             })
         return rows
-
-
-def read_jsonl_plain(path: Path) -> list[dict]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
