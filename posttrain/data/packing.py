@@ -97,10 +97,6 @@ def collate(rows: list[PackedRow], pad_id: int) -> dict[str, torch.Tensor]:
     }
 
 
-def count_real_tokens(rows: list[PackedRow]) -> int:
-    return sum(len(r) for r in rows)
-
-
 # ------------------------------------------------------------ attention inside packed examples
 
 SEGMENT_ATTENTION = "posttrain_segments"
