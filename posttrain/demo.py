@@ -44,20 +44,36 @@ def targets_table(reports: dict[str, dict]) -> str:
     return table(rows, ["target", "goal", "measured", ""])
 
 
-def samples(base_path: Path, sft_path: Path, n: int = 3) -> str:
-    """The same prompts through the base (raw text) and the assistant (chat template)."""
+SAMPLE_PROBES = ("knowledge_exposure", "instruction_following", "arithmetic", "over_refusal", "harmful")
+"""Showcase prompts come from these held-out probe sets (their first rows), never from training data."""
+
+
+def sample_prompts(world: Path, n: int = len(SAMPLE_PROBES)) -> list[tuple[str, str]]:
+    """(probe set, user prompt) pairs: the first single-turn row of each showcase probe set."""
+    out = []
+    for name in SAMPLE_PROBES[:n]:
+        lines = (Path(world) / "probes" / f"{name}.jsonl").read_text(encoding="utf-8").splitlines()
+        messages = json.loads(lines[0])["messages"]
+        out.append((name, messages[-1]["content"]))
+    return out
+
+
+def samples(base_path: Path, sft_path: Path, world: Path) -> str:
+    """Held-out probe prompts through the base (raw text) and the assistant (chat template)."""
     from posttrain.engine import Engine, SamplingParams
     from posttrain.models import load_model_and_tokenizer
 
-    questions = ["What is the capital of France?", "What is 23 + 58?", "How do I kill a Python process?"][:n]
+    prompts = sample_prompts(world)
+    questions = [q for _, q in prompts]
     params = SamplingParams(max_new_tokens=40)
     out = []
     bm, bt = load_model_and_tokenizer(base_path)
     base = Engine(bm, bt).generate(questions, params)
     sm, st = load_model_and_tokenizer(sft_path)
     sft = Engine(sm, st).chat([[{"role": "user", "content": q}] for q in questions], params)
-    for q, b, s in zip(questions, base, sft):
-        out.append(f"prompt: {q}\n  base (raw text) : {b.text.strip()[:160]!r}\n  assistant (chat): {s.text.strip()[:160]!r}")
+    for (name, q), b, s in zip(prompts, base, sft):
+        out.append(f"prompt ({name} probe): {q}\n  base (raw text) : {b.text.strip()[:160]!r}\n"
+                   f"  assistant (chat): {s.text.strip()[:160]!r}")
     return "\n".join(out)
 
 
@@ -75,9 +91,9 @@ def run_demo(out: str | Path, quick: bool = False, progress: bool = True) -> dic
     print(compare_table({"base": reports["eval_base"], "sft": reports["eval_sft"]}))
     print("\nTargets (shared/VISION.md):")
     print(targets_table(reports))
-    print("\nSamples:")
+    print("\nSamples (held-out probe prompts, greedy):")
     print(samples(REPO / "models" / "base" if recipe.base is None else (DEMO_RECIPE.parent / recipe.base).resolve(),
-                  outputs["sft"]))
+                  outputs["sft"], outputs["world"]))
     summary = {"quick": quick, "wall_time_s": round(wall, 1), "out": str(out),
                "reports": {k: str(outputs[k] / "eval_report.json") for k in reports}}
     (Path(out) / "demo_summary.json").write_text(json.dumps(summary, indent=2))

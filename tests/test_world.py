@@ -100,7 +100,9 @@ def test_build_is_fast_and_complete(world):
     rows = {rel: e["rows"] for rel, e in manifest["files"].items()}
     assert 3000 <= rows["sft.jsonl"] <= 5000 and 150 <= rows["sft_eval.jsonl"] <= 250
     assert 1800 <= rows["preferences.jsonl"] <= 2500 and rows["rlvr.jsonl"] == 2000
-    assert all(rows[f"probes/{n}.jsonl"] == 150 for n in PROBE_NAMES)
+    safety = {"harmful": 75, "over_refusal": 49}  # one row per distinct request
+    assert all(rows[f"probes/{n}.jsonl"] == safety.get(n, 150) for n in PROBE_NAMES)
+    assert rows["replay.jsonl"] < rows["corpus.jsonl"]
 
 
 def test_cards_and_manifest_match_files(world):
@@ -112,7 +114,7 @@ def test_cards_and_manifest_match_files(world):
         if rel.endswith(".jsonl"):
             assert len(data.decode().splitlines()) == entry["rows"], rel
     cards = sorted((out / "cards").glob("*.json"))
-    assert len(cards) == len(PROBE_NAMES) + 8
+    assert len(cards) == len(PROBE_NAMES) + 9
     for path in cards:
         card = json.loads(path.read_text())
         assert card["sha256"] == manifest["files"][card["file"]]["sha256"]
@@ -127,7 +129,8 @@ def test_cards_and_manifest_match_files(world):
 def test_corpus_size_and_plain_text(corpus):
     chars = sum(map(len, corpus))
     assert 2_500_000 <= chars <= 3_500_000 and len(corpus) > 3000
-    assert not any("<|" in d or "\nassistant:" in d.lower() for d in corpus)
+    # Special tokens only in the ChatML transcripts (test_heldout.py checks those).
+    assert not any("<|" in d or "\nassistant:" in d.lower() for d in corpus if not d.startswith("<|im_start|>"))
 
 
 def test_every_fact_appears_often(corpus):

@@ -2,6 +2,7 @@
 
 Layout of OUT:
   corpus.jsonl          {"text": doc}                      pretraining corpus
+  replay.jsonl          {"text": doc}                      corpus documents that state no facts-B fact (SFT replay)
   facts.jsonl           fact fields + "split": "A" | "B"
   sft.jsonl, sft_eval.jsonl, preferences.jsonl, rlvr.jsonl  post-training sets
   probes/<name>.jsonl   held-out probe sets
@@ -20,17 +21,20 @@ from dataclasses import asdict
 from pathlib import Path
 
 from posttrain.world.chats import build_rlvr, build_sft
-from posttrain.world.corpus import build_corpus
+from posttrain.world.corpus import build_corpus_documents
 from posttrain.world.facts import all_facts, split_facts
 from posttrain.world.policies import CONSTITUTION, HAZARD_POLICY
 from posttrain.world.preferences import build_preferences
 from posttrain.world.probes import build_probe_sets
 
-WORLD_VERSION = "world-1.0"
+WORLD_VERSION = "world-2.0"
 
 DESCRIPTIONS = {
     "corpus": "Pretraining documents: encyclopedia snippets, study notes, quiz sheets (mostly unanswered), "
-              "forum threads, stories, arithmetic worksheets and fictional hazard manuals. Every fact, A and B.",
+              "forum threads, stories, arithmetic worksheets, fictional hazard manuals and small-talk chat "
+              "transcripts. Every fact, A and B; no probe phrasing.",
+    "replay": "The corpus documents that state no facts-B fact (facts A, arithmetic, manuals, transcripts): "
+              "pretraining text that post-training may replay without rehearsing facts B.",
     "facts": "All facts of the world with their split: A may appear in post-training data, B only in the corpus.",
     "sft": "SFT chats (facts A, training phrasings): direct answers, worked arithmetic, hazard refusals, "
            "benign look-alikes, system-prompt obedience, sycophancy resistance, format constraints.",
@@ -79,8 +83,10 @@ def build_world(seed: int, out: str | Path, scale: float = 1.0, *, probe_n: int 
     in_a = {f.id for f in facts_a}
 
     sft, sft_eval = build_sft(facts_a, seed, scale)
+    documents = build_corpus_documents(facts_a, facts_b, seed, scale)
     datasets: dict[str, tuple[str, list[dict], str]] = {
-        "corpus": ("corpus.jsonl", [{"text": d} for d in build_corpus(facts, seed, scale)], DESCRIPTIONS["corpus"]),
+        "corpus": ("corpus.jsonl", [{"text": d.text} for d in documents], DESCRIPTIONS["corpus"]),
+        "replay": ("replay.jsonl", [{"text": d.text} for d in documents if d.split != "B"], DESCRIPTIONS["replay"]),
         "facts": ("facts.jsonl", [{**asdict(f), "aliases": list(f.aliases), "split": "A" if f.id in in_a else "B"}
                                   for f in facts], DESCRIPTIONS["facts"]),
         "sft": ("sft.jsonl", sft, DESCRIPTIONS["sft"]),

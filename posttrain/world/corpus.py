@@ -2,7 +2,12 @@
 
 Document kinds: encyclopedia snippets, study notes, quiz worksheets (questions
 mostly without answers), forum threads, stories (documents_narrative.py),
-arithmetic worksheets (arithmetic.py) and fictional hazard manuals (hazards.py).
+arithmetic worksheets (arithmetic.py), fictional hazard manuals (hazards.py) and
+a small share of small-talk chat transcripts (transcripts.py), so the chat
+special tokens are seen in pretraining.
+
+Questions use the train and corpus phrasings only: probe phrasings are held out
+of every stream (sampling.question_text).
 
 Two properties matter for the demo:
 - every fact is stated often (around 30 times, in several phrasings, including
@@ -16,18 +21,20 @@ from __future__ import annotations
 
 import random
 import re
+from dataclasses import dataclass
 
 from posttrain.world.arithmetic import sample_problem, worksheet
 from posttrain.world.documents_narrative import forum_thread, story
-from posttrain.world.facts import Fact
+from posttrain.world.facts import Fact, split_facts
 from posttrain.world.hazards import HAZARDS, manual
 from posttrain.world.judge import mentions
 from posttrain.world.sampling import Deck, declaration, question_text
 from posttrain.world.templates import cap, fill, statement
+from posttrain.world.transcripts import transcript
 
 # Documents per kind at scale 1.0 (encyclopedia: rounds over every subject).
 COUNTS = {"encyclopedia_rounds": 12, "notes": 320, "quizzes": 1000, "forum": 800, "stories": 500,
-          "worksheets": 1000, "manuals": 200}
+          "worksheets": 1000, "manuals": 200, "transcripts": 150}
 
 _FILLER = {
     "geography": ("{Subject} is a country with a long history.", "Its landscapes range from coasts to highlands.",
@@ -88,26 +95,50 @@ def quiz(rng: random.Random, deck: Deck, number: int) -> str:
     return "\n".join(lines)
 
 
-def build_corpus(facts: list[Fact], seed: int, scale: float = 1.0) -> list[str]:
-    """Pretraining documents (plain text), shuffled deterministically for the seed."""
+@dataclass(frozen=True)
+class Document:
+    """One pretraining document and which facts it draws on: "A", "B" or "none" (no facts)."""
+    text: str
+    split: str
+
+
+def build_corpus_documents(facts_a: list[Fact], facts_b: list[Fact], seed: int, scale: float = 1.0) -> list[Document]:
+    """Pretraining documents tagged with the fact split they use, shuffled deterministically for the seed.
+
+    Every document that states facts draws them from one split only, so the
+    documents of facts A and of no facts form a replay stream that states no
+    facts-B fact (build.py writes it as replay.jsonl).
+    """
     rng = random.Random(f"{seed}:corpus")
-    deck = Deck(rng, facts)
+    decks = {"A": Deck(rng, facts_a), "B": Deck(rng, facts_b)}
+    share_a = len(facts_a) / (len(facts_a) + len(facts_b))
 
     def n(kind: str) -> int:
         return max(1, round(COUNTS[kind] * scale))
 
-    docs: list[str] = []
-    groups = _subject_groups(facts)
+    def split() -> str:
+        return "A" if rng.random() < share_a else "B"
+
+    docs: list[Document] = []
+    groups = [(g, name) for name, part in (("A", facts_a), ("B", facts_b)) for g in _subject_groups(part)]
     for _ in range(n("encyclopedia_rounds")):
-        docs += [encyclopedia(rng, g) for g in groups]
-    docs += [study_notes(rng, deck, k) for k in range(n("notes"))]
-    docs += [quiz(rng, deck, k) for k in range(n("quizzes"))]
-    docs += [forum_thread(rng, deck) for _ in range(n("forum"))]
-    docs += [story(rng, deck) for _ in range(n("stories"))]
-    docs += [worksheet(rng, k) for k in range(n("worksheets"))]
-    docs += [manual(rng, HAZARDS[k % len(HAZARDS)], k) for k in range(n("manuals"))]
+        docs += [Document(encyclopedia(rng, g), name) for g, name in groups]
+    for kind, make in (("notes", lambda d, k: study_notes(rng, d, k)), ("quizzes", lambda d, k: quiz(rng, d, k)),
+                       ("forum", lambda d, k: forum_thread(rng, d)), ("stories", lambda d, k: story(rng, d))):
+        for k in range(n(kind)):
+            name = split()
+            docs.append(Document(make(decks[name], k), name))
+    docs += [Document(worksheet(rng, k), "none") for k in range(n("worksheets"))]
+    docs += [Document(manual(rng, HAZARDS[k % len(HAZARDS)], k), "none") for k in range(n("manuals"))]
+    docs += [Document(transcript(rng), "none") for _ in range(n("transcripts"))]
     rng.shuffle(docs)
     return docs
+
+
+def build_corpus(facts: list[Fact], seed: int, scale: float = 1.0) -> list[str]:
+    """Pretraining documents (plain text) for the seed's fact split."""
+    facts_a, facts_b = split_facts(facts, seed)
+    return [d.text for d in build_corpus_documents(facts_a, facts_b, seed, scale)]
 
 
 def count_fact_mentions(docs: list[str], facts: list[Fact]) -> dict[str, int]:

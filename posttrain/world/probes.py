@@ -4,7 +4,10 @@ Rows: {"id": str, "messages": [...], "meta": {...}}. Sets:
 - instruction_following: fact questions, facts A and B mixed (answers instead of continuing?)
 - knowledge_exposure: facts B only (never seen in post-training)
 - arithmetic: problems from the held-out partition (arithmetic.is_probe_problem)
-- harmful: hazard requests (should refuse); over_refusal: benign look-alikes (should answer)
+- harmful: hazard requests (should refuse); over_refusal: benign look-alikes (should answer); one row
+  per distinct request, so these two sets may hold fewer than n rows
+Every row's meta["question"] is its held-out core text (the probe phrasing), which tests scan for in
+every training stream.
 - sycophancy: fact questions with meta["wrong_answer"] and meta["pushback"]. The eval asks the
   question, appends the model's answer and the pushback as a user turn, asks again, then calls
   judge(meta, second_answer, first_response=first_answer)
@@ -51,6 +54,13 @@ def _cycle(rng: random.Random, items: list, n: int) -> list:
     return Deck(rng, items).draw(n)
 
 
+def _distinct(rng: random.Random, items: list, n: int) -> list:
+    """At most n items, each at most once, in a seeded order."""
+    items = list(items)
+    rng.shuffle(items)
+    return items[:n]
+
+
 def _mixed(rng: random.Random, facts_a: list[Fact], facts_b: list[Fact], n: int) -> list[tuple[Fact, str]]:
     """n facts, half from A and half from B, each tagged with its split."""
     half = _cycle(rng, facts_a, (n + 1) // 2)
@@ -64,6 +74,11 @@ def _user(text: str) -> list[dict]:
     return [{"role": "user", "content": text}]
 
 
+def _fact_row(question: str, fact: Fact, **meta) -> tuple[list[dict], dict]:
+    """A fact question row; meta["question"] is the held-out phrasing, scanned for in every training stream."""
+    return _user(question), fact_meta(fact, question=question, **meta)
+
+
 def build_probe_sets(seed: int, n: int = 150) -> dict[str, list[dict]]:
     """Every probe set, n rows each, deterministic for the seed (same fact split as build_world)."""
     facts = all_facts()
@@ -71,12 +86,11 @@ def build_probe_sets(seed: int, n: int = 150) -> dict[str, list[dict]]:
     sets: dict[str, list[tuple[list[dict], dict]]] = {}
 
     rng = random.Random(f"{seed}:probe:instruction_following")
-    sets["instruction_following"] = [(_user(probe_question(rng, f)), fact_meta(f, split=s))
+    sets["instruction_following"] = [_fact_row(probe_question(rng, f), f, split=s)
                                      for f, s in _mixed(rng, facts_a, facts_b, n)]
 
     rng = random.Random(f"{seed}:probe:knowledge_exposure")
-    sets["knowledge_exposure"] = [(_user(probe_question(rng, f)), fact_meta(f, split="B"))
-                                  for f in _cycle(rng, facts_b, n)]
+    sets["knowledge_exposure"] = [_fact_row(probe_question(rng, f), f, split="B") for f in _cycle(rng, facts_b, n)]
 
     rng = random.Random(f"{seed}:probe:arithmetic")
     rows, seen = [], set()
@@ -85,41 +99,46 @@ def build_probe_sets(seed: int, n: int = 150) -> dict[str, list[dict]]:
         if p.text in seen:
             continue
         seen.add(p.text)
-        rows.append((_user(rng.choice(ASK_PROBE).format(p=p.text)), {"task": "arithmetic", "answer": str(p.answer)}))
+        rows.append((_user(rng.choice(ASK_PROBE).format(p=p.text)),
+                     {"task": "arithmetic", "answer": str(p.answer), "question": p.text}))
     sets["arithmetic"] = rows
 
+    # Safety probes: one row per distinct underlying request (its lead-in drawn at random), so rows
+    # are independent samples and no prompt repeats; these sets have fewer than n rows when n is large.
     rng = random.Random(f"{seed}:probe:harmful")
-    harmful = [(h, with_context(c, t)) for h, t in hazard_requests("probe") for c in sorted(set(CONTEXTS_PROBE))]
-    sets["harmful"] = [(_user(t), {"task": "harmful", "hazard": h.name}) for h, t in _cycle(rng, harmful, n)]
+    harmful = _distinct(rng, [(h, t) for h, t in hazard_requests("probe")], n)
+    sets["harmful"] = [(_user(with_context(rng.choice(CONTEXTS_PROBE), t)), {"task": "harmful", "hazard": h.name, "question": t})
+                       for h, t in harmful]
 
     rng = random.Random(f"{seed}:probe:over_refusal")
-    benign = [(la, with_context(c, q)) for la in LOOK_ALIKES for q in la.probe for c in sorted(set(CONTEXTS_PROBE))]
-    sets["over_refusal"] = [(_user(q), {"task": "benign", "topic": la.topic}) for la, q in _cycle(rng, benign, n)]
+    benign = _distinct(rng, [(la, q) for la in LOOK_ALIKES for q in la.probe], n)
+    sets["over_refusal"] = [(_user(with_context(rng.choice(CONTEXTS_PROBE), q)), {"task": "benign", "topic": la.topic, "question": q})
+                            for la, q in benign]
 
     rng = random.Random(f"{seed}:probe:sycophancy")
     rows = []
     for f, s in _mixed(rng, facts_a, facts_b, n):
         wrong = wrong_answer(rng, f, facts)
         pushback = rng.choice(PUSHBACK_PROBE).format(wrong=wrong)
-        rows.append((_user(probe_question(rng, f)), fact_meta(f, split=s, wrong_answer=wrong, pushback=pushback)))
+        rows.append(_fact_row(probe_question(rng, f), f, split=s, wrong_answer=wrong, pushback=pushback))
     sets["sycophancy"] = rows
 
     rng = random.Random(f"{seed}:probe:calibration")
-    sets["calibration"] = [(_user(probe_question(rng, f)), fact_meta(f, split=s))
-                           for f, s in _mixed(rng, facts_a, facts_b, n)]
+    sets["calibration"] = [_fact_row(probe_question(rng, f), f, split=s) for f, s in _mixed(rng, facts_a, facts_b, n)]
 
     rng = random.Random(f"{seed}:probe:ifeval")
     rows = []
     for f, s in _mixed(rng, facts_a, facts_b, n):
+        question = probe_question(rng, f)
         if rng.random() < 0.3:
             text, inst = rng.choice(SYSTEM_RULES_PROBE)
             insts = [dict(inst)]
-            messages = [{"role": "system", "content": text}] + _user(probe_question(rng, f))
+            messages = [{"role": "system", "content": text}] + _user(question)
         else:
             insts = ifeval_instructions(rng) if rng.random() < 0.7 else [instruction(rng, "json")]
-            messages = _user(ifeval_prompt(rng, probe_question(rng, f), insts, USER_RULES_PROBE))
+            messages = _user(ifeval_prompt(rng, question, insts, USER_RULES_PROBE))
         meta = {"task": "ifeval", "instructions": insts, "answer": f.answer, "aliases": list(f.aliases),
-                "fact_id": f.id, "split": s}
+                "fact_id": f.id, "split": s, "question": question}
         rows.append((messages, meta))
     sets["ifeval"] = rows
 

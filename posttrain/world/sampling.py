@@ -33,9 +33,12 @@ def declaration(rng: random.Random, fact: Fact, cloze_bias: float = 0.6) -> str:
 
 
 def question_text(rng: random.Random, fact: Fact) -> str:
-    """A question about the fact in any phrasing that ends with '?' (train, probe or corpus set)."""
+    """A question about the fact for pretraining documents: a train or corpus phrasing ending with '?'.
+
+    Probe phrasings are never used here: the probes must meet them for the first time.
+    """
     t = TEMPLATES[fact.relation]
-    return fill(rng.choice([q for q in t.train + t.probe + t.corpus if q.endswith("?")]), fact)
+    return fill(rng.choice([q for q in t.train + t.corpus if q.endswith("?")]), fact)
 
 
 def wrong_answer(rng: random.Random, fact: Fact, pool: Sequence[Fact]) -> str:

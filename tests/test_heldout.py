@@ -1,0 +1,146 @@
+"""Held out means held out: no probe text in any stream a model trains on, no facts B after pretraining.
+
+Streams: the pretraining corpus, the replay set, the replay stream as SFT actually samples it
+(decoded back to text), SFT chats, the SFT eval split, preference pairs and RLVR prompts.
+"""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from posttrain.world import all_facts, build_world
+from posttrain.world.judge import mentions
+from posttrain.world.probes import PROBE_NAMES
+
+SEED = 0  # the demo's seed
+REPO = Path(__file__).resolve().parents[1]
+POST_TRAINING = ("sft.jsonl", "sft_eval.jsonl", "preferences.jsonl", "rlvr.jsonl")
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines()]
+
+
+def row_text(row) -> str:
+    """Every string a training row holds, whatever its format."""
+    if "text" in row:
+        return row["text"]
+    turns = row.get("messages", []) + row.get("prompt", []) + row.get("chosen", []) + row.get("rejected", [])
+    return "\n".join(m["content"] for m in turns)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    out = tmp_path_factory.mktemp("world")
+    build_world(SEED, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def sampled_replay(world):
+    """The replay stream exactly as the demo's SFT samples it, decoded back to text."""
+    from transformers import AutoTokenizer
+
+    from posttrain.data.formats import load_dataset_rows
+    from posttrain.data.sft import replay_examples
+
+    tok = AutoTokenizer.from_pretrained(REPO / "models" / "base")
+    _, rows = load_dataset_rows(str(world / "replay.jsonl"), allowed=("text",))
+    examples = replay_examples(tok, rows, 512, 400_000, seed=0)
+    assert sum(len(e.input_ids) for e in examples) >= 390_000
+    return [tok.decode(e.input_ids, skip_special_tokens=True) for e in examples]
+
+
+@pytest.fixture(scope="module")
+def streams(world, sampled_replay):
+    out = {name: [row_text(r) for r in read_jsonl(world / name)] for name in ("corpus.jsonl", "replay.jsonl", *POST_TRAINING)}
+    out["replay as sampled"] = sampled_replay
+    return out
+
+
+def probe_texts(world) -> list[tuple[str, str]]:
+    """(probe set, text) for every user turn, core question and pushback of every probe row."""
+    texts = []
+    for name in PROBE_NAMES:
+        for row in read_jsonl(world / "probes" / f"{name}.jsonl"):
+            meta = row["meta"]
+            assert meta.get("question"), (name, row["id"])
+            texts += [(name, m["content"]) for m in row["messages"] if m["role"] == "user"]
+            texts += [(name, meta[k]) for k in ("question", "pushback") if meta.get(k)]
+    return texts
+
+
+def occurs(text: str, blob: str) -> bool:
+    """`text` occurs in `blob`, not as part of a longer word or number ("464 + 46" is not in "464 + 465")."""
+    return re.search(r"(?<!\w)" + re.escape(text) + r"(?!\w)", blob) is not None
+
+
+def test_no_probe_text_in_any_training_stream(world, streams):
+    texts = probe_texts(world)
+    assert len(texts) > 1500
+    for stream, docs in streams.items():
+        blob = "\n".join(docs)
+        hits = [(name, t) for name, t in texts if t in blob and occurs(t, blob)]
+        assert not hits, f"{len(hits)} probe texts occur in {stream}, e.g. {hits[:3]}"
+
+
+def test_the_scan_would_catch_a_leak(world, streams):
+    name, text = probe_texts(world)[0]
+    leaked = streams["corpus.jsonl"][:5] + [f"Quiz\n1. {text}\n2. Next question?"]
+    assert any(text in doc for doc in leaked)
+
+
+def _sentences(text: str) -> list[str]:
+    return [s for s in re.split(r"(?<=[.!?])\s+|\n", text) if s]
+
+
+def states(sentence: str, fact) -> bool:
+    return mentions(sentence, fact.answer, fact.aliases) and mentions(sentence, fact.subject, case_sensitive_short=False)
+
+
+def facts_b(world):
+    split = {r["id"]: r["split"] for r in read_jsonl(world / "facts.jsonl")}
+    return [f for f in all_facts() if split[f.id] == "B"]
+
+
+def test_no_post_training_stream_states_a_facts_b_fact(world, streams):
+    b = facts_b(world)
+    by_word: dict[str, list] = {}
+    for f in b:
+        by_word.setdefault(re.findall(r"\w+", f.subject.lower())[0], []).append(f)
+    for stream in ("replay.jsonl", "replay as sampled", *POST_TRAINING):
+        for doc in streams[stream]:
+            for s in _sentences(doc):
+                for w in set(re.findall(r"\w+", s.lower())) & by_word.keys():
+                    bad = [f.id for f in by_word[w] if states(s, f)]
+                    assert not bad, (stream, bad, s)
+
+
+def test_facts_b_are_in_the_corpus(world, streams):
+    """The corpus must still teach facts B: knowledge exposure measures what pretraining put there."""
+    corpus = streams["corpus.jsonl"]
+    sentences = [s for d in corpus[:4000] for s in _sentences(d)]
+    b = facts_b(world)[:20]
+    for f in b:
+        assert any(states(s, f) for s in sentences if f.subject.split()[0] in s), f.id
+    assert len(streams["replay.jsonl"]) < len(corpus)
+
+
+def test_corpus_holds_chat_transcripts_without_facts(streams):
+    transcripts = [d for d in streams["corpus.jsonl"] if d.startswith("<|im_start|>")]
+    assert 50 <= len(transcripts) <= 0.05 * len(streams["corpus.jsonl"])
+    assert all(d.count("<|im_start|>") == d.count("<|im_end|>") and "<|im_start|>assistant\n" in d for d in transcripts)
+    facts = all_facts()
+    assert not any(states(s, f) for d in transcripts for s in _sentences(d) for f in facts if f.subject in s)
+
+
+def test_demo_showcase_prompts_are_held_out(world, streams):
+    from posttrain.demo import SAMPLE_PROBES, sample_prompts
+
+    prompts = sample_prompts(world)
+    assert [name for name, _ in prompts] == list(SAMPLE_PROBES)
+    for stream, docs in streams.items():
+        blob = "\n".join(docs)
+        assert not [q for _, q in prompts if occurs(q, blob)], stream
