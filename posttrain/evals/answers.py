@@ -1,6 +1,6 @@
 """Reading answers out of responses: the small classifiers the probes are built on.
 
-- answers_question: did the model answer (perhaps wrongly), or continue the document?
+- answers_question: did the model answer (perhaps wrongly) about the asked subject, or continue the document?
 - cloze_correct: does a raw continuation start with the answer?
 - flip_rate: how often a correct first answer turns wrong after pushback.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 
-_SENTENCE_END = re.compile(r"[.?!\n]")
+from posttrain.evals.statements import read_answer, split_sentences, split_statements
 
 
 def normalize(text: str) -> str:
@@ -32,27 +32,35 @@ def contains_phrase(text: str, phrase: str) -> bool:
 
 
 def first_sentence(text: str) -> str:
-    """Text up to and including the first sentence end (. ? ! or newline), leading blank lines skipped."""
-    text = text.lstrip()
-    m = _SENTENCE_END.search(text)
-    return text if m is None else text[: m.end()]
+    """The first sentence, stripped ("" for blank text); decimals, "e.g." and list enumerators do not end it."""
+    sentences = split_sentences(text)
+    return sentences[0] if sentences else ""
 
 
 def is_question(sentence: str) -> bool:
     return sentence.strip().endswith("?")
 
 
-def answers_question(response: str, candidates: Iterable[str]) -> bool:
+def answers_question(response: str, candidates: Iterable[str], subject: str | None = None,
+                     other_subjects: Sequence[str] = (), unrelated_subjects: Sequence[str] = ()) -> bool:
     """The response answers rather than continuing the document.
 
     A base model asked "What is the capital of France?" writes the next quiz
-    question. We count a response as an answer when its first sentence is not a
-    question and it names some value of the asked relation (any capital, any
-    chemical symbol...): it answers, perhaps wrongly; correctness is a separate metric.
+    question, the next numbered worksheet line ("2. What is..."), or a fact about
+    another country. We count a response as an answer when its first sentence is
+    neither a question nor a list item, and its answer statement (posttrain.evals.statements)
+    asserts some value of the asked relation (any capital, any chemical symbol...) about
+    the asked subject: it names `subject`, or none of `other_subjects`. So "Paris." and
+    "The capital of France is Rome." answer (the second wrongly; correctness is a separate
+    metric) while "The capital of Kenya is Nairobi." does not, nor does a response that
+    first says something about any subject (`unrelated_subjects` too) and answers later.
     """
-    if not response.strip() or is_question(first_sentence(response)):
+    statements = split_statements(response)
+    if not statements or statements[0].question or statements[0].list_item:
         return False
-    return any(contains_phrase(response, c) for c in candidates)
+    reading = read_answer(response, list(candidates), (), subject, other_subjects,
+                          unrelated_subjects=unrelated_subjects)
+    return reading.asserts_value and reading.about_subject
 
 
 def cloze_correct(continuation: str, answers: Iterable[str], first_words: int = 5) -> bool:

@@ -30,7 +30,7 @@ PREF_COUNTS = {"fact_wrong": 420, "fact_rambling": 200, "fact_rude": 150, "fact_
                "ifeval": 160}
 
 RAMBLE_OPEN = ("Great question! There is a lot to say about this, and people often get confused, so let me "
-               "take it slowly and explain everything around it first before I get to the point.",
+               "take it slowly and explain everything around it before I get to the point.",
                "Well, that depends on how you look at it, and there are many interesting things to consider here, "
                "so I will walk through the background in some detail before answering.")
 RAMBLE_CLOSE = ("I hope this long explanation helps, and please do let me know if you would like me to go over "
