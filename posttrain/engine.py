@@ -11,6 +11,10 @@ Every token a row receives is appended in that loop with a mask bit: 1 for a
 token the model sampled. A token the runtime injects (a tool result, later)
 goes through the same loop from `Row.forced` with mask 0, so loss masking and
 tool use share one mechanism.
+
+Under bf16 autocast the transformer body runs in bf16 but the LM head runs in
+fp32 (`head_in_fp32`), so the log-probabilities the engine reports, and samples
+from, are the fp32 log-softmax of fp32 logits.
 """
 
 from __future__ import annotations
@@ -22,12 +26,9 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from posttrain.data.chat import render_generation_prompt
+from posttrain.data.chat import end_of_turn_token_ids, render_generation_prompt
 from posttrain.errors import PosttrainError
-from posttrain.models import autocast, resolve_dtype
-
-# End-of-turn markers of common chat formats; whichever the vocabulary has also stops generation.
-END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>")
+from posttrain.models import autocast, head_in_fp32, resolve_dtype
 
 
 @dataclass
@@ -80,11 +81,8 @@ class Row:
     finish_reason: str | None = None
 
 
-def default_stop_token_ids(tokenizer) -> tuple[int, ...]:
-    ids = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
-    vocab = tokenizer.get_vocab()
-    ids += [vocab[t] for t in END_OF_TURN_TOKENS if t in vocab]
-    return tuple(dict.fromkeys(ids))
+# A row stops where a turn ends: the same tokens a chat-trained artifact lists as eos for `generate`.
+default_stop_token_ids = end_of_turn_token_ids
 
 
 def pick_tokens(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> torch.Tensor:
@@ -136,7 +134,7 @@ class Engine:
         was_training = self.model.training
         self.model.eval()
         try:
-            with torch.inference_mode(), autocast(self.dtype, self.device):
+            with torch.inference_mode(), autocast(self.dtype, self.device), head_in_fp32(self.model, self.device):
                 for start in range(0, len(order), self.batch_size):
                     batch = order[start : start + self.batch_size]
                     rows = self._generate_batch([ids[i] for i in batch], params, stop_ids, generator)
@@ -181,7 +179,8 @@ class Engine:
                 row.mask.append(0 if injected else 1)
                 tokens.append(tok)
             next_ids = torch.tensor(tokens, device=self.device)[:, None]
-            # Raw model log-probabilities (temperature 1, unfiltered): what RL ratios and calibration need.
+            # Raw model log-probabilities (temperature 1, unfiltered, from the fp32 head): what RL ratios
+            # and calibration need.
             logprobs = F.log_softmax(logits.float(), dim=-1).gather(-1, next_ids).squeeze(-1)
             for row, is_active, lp in zip(rows, active, logprobs.tolist()):
                 if is_active:

@@ -64,6 +64,27 @@ def test_assistant_turn_end_marker_is_learned(tok):
         tok.decode(ids[last_target:last_target + 1]).strip() == ""
 
 
+def test_chatml_each_assistant_im_end_carries_loss_and_other_turns_carry_none():
+    """On ChatML, by token id and not by a whitespace fallback: the turn-ending <|im_end|> of every
+    assistant turn is a target, and no token of a system, user or tool turn is."""
+    tok = build_tokenizer()  # posttrain's default ChatML template
+    tc = tokenize_chat(tok, CHAT)
+    ids, mask = tc.input_ids, tc.loss_mask
+    im_start, im_end = tok.convert_tokens_to_ids("<|im_start|>"), tok.convert_tokens_to_ids("<|im_end|>")
+    starts = [i for i, t in enumerate(ids) if t == im_start]
+    assert len(starts) == len(CHAT)
+    for message, start, stop in zip(CHAT, starts, starts[1:] + [len(ids)]):
+        turn = range(start, stop)
+        end = next(i for i in turn if ids[i] == im_end)
+        if message["role"] == "assistant":
+            assert mask[end] == 1, f"the <|im_end|> closing assistant turn '{message['content']}' carries no loss"
+            assert mask[start] == 0  # the <|im_start|>assistant header is the prompt, not a target
+            content = [i for i in turn if i < end and mask[i]]
+            assert tok.decode([ids[i] for i in content]) == message["content"]
+        else:
+            assert not any(mask[i] for i in turn), f"the {message['role']} turn carries loss"
+
+
 def test_full_loss_marks_every_token(tok):
     tc = tokenize_chat(tok, CHAT, assistant_only=False)
     assert all(tc.loss_mask) and len(tc.loss_mask) == len(tc.input_ids)

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import build_tokenizer
 from posttrain.data.formats import detect_format, load_dataset_rows, read_rows
-from posttrain.data.sft import build_examples
+from posttrain.data.sft import build_examples, cuts_a_turn
 from posttrain.errors import DataError
 
 CHAT = {"messages": [{"role": "user", "content": "What is the capital of France?"},
@@ -172,13 +172,45 @@ def _rows(tmp_path, tok):
     return path, load_dataset_rows(path)[1]
 
 
-def test_overlength_truncate_keeps_and_counts(tmp_path, tok):
+def test_overlength_truncate_keeps_and_counts(tmp_path, tok, caplog):
     path, rows = _rows(tmp_path, tok)
-    ex, stats = build_examples(tok, rows, "conversational", max_length=48, overlength="truncate", path=path)
-    assert (stats.rows, stats.examples, stats.truncated, stats.dropped) == (5, 5, 3, 0)
+    ex, stats = build_examples(tok, rows, "conversational", max_length=48, overlength="truncate",
+                               cut_turns="keep", path=path)
+    assert (stats.rows, stats.examples, stats.truncated, stats.dropped, stats.cut_turns) == (5, 5, 3, 0, 3)
     assert max(len(e.input_ids) for e in ex) == 48
+    assert "kept 3 truncated examples whose trained turn lost its end-of-turn token" in caplog.text
     assert stats.tokens == sum(len(e.input_ids) for e in ex)
     assert stats.target_tokens == sum(sum(e.loss_mask) for e in ex)
+
+
+def test_truncation_that_cuts_a_reply_before_its_end_of_turn_drops_it_by_default(tmp_path, tok):
+    path, rows = _rows(tmp_path, tok)
+    ex, stats = build_examples(tok, rows, "conversational", max_length=48, overlength="truncate", path=path)
+    assert (stats.rows, stats.examples, stats.truncated, stats.dropped, stats.cut_turns) == (5, 2, 0, 0, 3)
+    im_end = tok.convert_tokens_to_ids("<|im_end|>")
+    for e in ex:  # every kept reply ends, and its end carries loss
+        assert any(t == im_end and m for t, m in zip(e.input_ids, e.loss_mask))
+
+
+def test_truncation_after_complete_replies_keeps_the_example(tmp_path, tok):
+    # A long user turn after a complete exchange: the cut falls in the user turn, nothing trained is cut.
+    chat = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
+                         {"role": "user", "content": "Tell me a story. " * 30},
+                         {"role": "assistant", "content": "No."}]}
+    path = write_jsonl(tmp_path / "late.jsonl", [chat])
+    ex, stats = build_examples(tok, load_dataset_rows(path)[1], "conversational", max_length=32, path=path)
+    assert (stats.examples, stats.truncated, stats.cut_turns) == (1, 1, 0)
+    assert tok.convert_tokens_to_ids("<|im_end|>") in [t for t, m in zip(ex[0].input_ids, ex[0].loss_mask) if m]
+
+
+def test_cuts_a_turn_looks_at_the_run_of_loss_across_the_cut():
+    end = {9}
+    ids, mask = [1, 2, 3, 4, 9, 5, 6], [0, 0, 1, 1, 1, 1, 0]  # reply 3 4 <end> then a trailing newline 5
+    assert cuts_a_turn(ids, mask, 3, end) and cuts_a_turn(ids, mask, 4, end)  # the reply loses its end
+    assert not cuts_a_turn(ids, mask, 5, end)  # cut after the end token, before the trailing newline
+    assert not cuts_a_turn(ids, mask, 2, end)  # cut before the reply: nothing of it kept
+    assert not cuts_a_turn(ids, mask, 7, end)  # nothing cut
+    assert not cuts_a_turn([1, 2, 3, 4], [0, 1, 1, 1], 2, end)  # a run without an end token (e.g. text)
 
 
 def test_overlength_drop_removes_and_counts(tmp_path, tok):

@@ -211,3 +211,36 @@ def test_bf16_autocast_runs_and_stays_close(llama):
     for a, b in zip(fp32, bf16):
         assert a.token_ids[0] == b.token_ids[0]
         assert a.logprobs[0] != b.logprobs[0] and abs(a.logprobs[0] - b.logprobs[0]) < 0.05
+
+
+def test_bf16_engine_reports_logprobs_from_an_fp32_head(llama):
+    """Under bf16 autocast the body runs in bf16, but logprobs come from fp32 logits of the fp32 head.
+
+    The reference applies the fp32 head weights to the very hidden states the engine fed
+    its head (captured by a hook), so only the head's precision is compared.
+    """
+    model, tok = llama
+    head = model.get_output_embeddings()
+    inputs = []
+    hook = head.register_forward_pre_hook(lambda m, args: inputs.append(args[0].detach().clone()))
+    try:
+        c = Engine(model, tok, batch_size=1, dtype="bf16").generate(
+            [PROMPTS[0]], SamplingParams(max_new_tokens=6, stop_token_ids=()))[0]
+    finally:
+        hook.remove()
+    assert not head._forward_pre_hooks and not head._forward_hooks  # the engine removed its hooks
+    assert len(inputs) == len(c.token_ids) == 6  # prefill, then one step per further token
+    hidden = torch.cat([h[:, -1, :] for h in inputs])  # [6, H]: the state each token was chosen from
+    tokens = torch.tensor(c.token_ids)[:, None]
+    w = head.weight.detach()
+    ref = torch.log_softmax(hidden.float() @ w.float().T, -1).gather(-1, tokens).squeeze(-1)
+    torch.testing.assert_close(torch.tensor(c.logprobs), ref, atol=1e-5, rtol=0)
+    # A bf16 head is measurably off at that tolerance, so this test catches one.
+    bf16_head = torch.log_softmax((hidden.bfloat16() @ w.bfloat16().T).float(), -1).gather(-1, tokens).squeeze(-1)
+    assert (bf16_head - ref).abs().max() > 1e-3
+    # And the whole bf16 pass stays close to a plain fp32 forward of the model.
+    seq = torch.tensor([c.prompt_ids + c.token_ids])
+    with torch.no_grad():
+        logits = model(input_ids=seq, use_cache=False).logits[0, len(c.prompt_ids) - 1 : -1]
+    full = torch.log_softmax(logits.float(), -1).gather(-1, tokens).squeeze(-1)
+    torch.testing.assert_close(torch.tensor(c.logprobs), full, atol=0.05, rtol=0)

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from posttrain.evals.stats import expected_calibration_error, mean_interval, wilson_interval
+from posttrain.evals.stats import ece_bootstrap_interval, expected_calibration_error, mean_interval, wilson_interval
 
 
 def test_wilson_8_of_10_matches_hand_computation():
@@ -72,3 +72,41 @@ def test_ece_edges():
     with pytest.raises(ValueError):
         expected_calibration_error([0.5, 0.5], [True])
     assert not math.isnan(expected_calibration_error([0.3] * 4, [True, False, False, False]))
+
+
+def _calibration_sample(n: int, seed: int = 1):
+    """n (confidence, correct) pairs from a model that is right 60% of the time at confidence 0.8."""
+    import random
+
+    rng = random.Random(seed)
+    conf = [min(1.0, max(0.0, rng.gauss(0.8, 0.1))) for _ in range(n)]
+    return conf, [rng.random() < 0.6 for _ in range(n)]
+
+
+def test_ece_bootstrap_interval_contains_the_estimate_and_shrinks_with_more_data():
+    small, large = _calibration_sample(50), _calibration_sample(2000)
+    widths = []
+    for conf, correct in (small, large):
+        point = expected_calibration_error(conf, correct)
+        lo, hi = ece_bootstrap_interval(conf, correct)
+        assert 0.0 <= lo <= point <= hi <= 1.0
+        assert hi > lo
+        widths.append(hi - lo)
+    # The width of a bootstrap interval falls about as 1/sqrt(n): 40 times the data, ~6 times narrower.
+    assert widths[1] < widths[0] / 3
+    # Miscalibrated by about 0.2: the large sample's interval sits around it, away from 0.
+    lo, hi = ece_bootstrap_interval(*large)
+    assert 0.1 < lo < hi < 0.3
+
+
+def test_ece_bootstrap_interval_is_deterministic_and_seeded():
+    conf, correct = _calibration_sample(80)
+    assert ece_bootstrap_interval(conf, correct) == ece_bootstrap_interval(conf, correct)
+    assert ece_bootstrap_interval(conf, correct, seed=1) != ece_bootstrap_interval(conf, correct, seed=2)
+
+
+def test_ece_bootstrap_interval_degenerate():
+    assert ece_bootstrap_interval([], []) is None
+    assert ece_bootstrap_interval([0.7], [True]) is None
+    # Every resample of identical pairs is the same sample: a zero-width interval at the estimate.
+    assert ece_bootstrap_interval([0.75] * 10, [True] * 10) == pytest.approx((0.25, 0.25))

@@ -255,6 +255,7 @@ def test_posttrain_eval_end_to_end(tiny_llama_dir, tmp_path, capsys):
         assert p["samples"] and all(len(s["prompt_sha256"]) == 64 for s in p["samples"])
         assert all(isinstance(s.get("response"), str) for s in p["samples"])
     assert report["probes"]["arithmetic"]["n"] == 3
+    assert report["probes"]["calibration"]["ci95"] is not None  # ECE's bootstrap interval
     assert report["probes"]["gold_reward"]["n"] == 15  # 3 prompts from each of 5 sets, reused
     assert report["probes"]["response_length"]["value"] <= 64
 

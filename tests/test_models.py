@@ -36,9 +36,24 @@ def test_auto_on_cpu_measures_when_the_env_var_is_unset_or_invalid(monkeypatch):
     assert resolve_dtype("auto") == "fp32"
 
 
-def test_auto_measurement_gives_a_known_dtype(monkeypatch):
+@pytest.mark.parametrize("bf16_s, fp32_s, expected", [(1.0, 3.0, "bf16"), (0.9, 1.0, "fp32"), (2.0, 1.0, "fp32")])
+def test_auto_measurement_picks_bf16_only_when_clearly_faster(monkeypatch, bf16_s, fp32_s, expected):
+    """The measured timings decide: bf16 must beat fp32 by 20%; the answer is measured once and cached."""
     monkeypatch.delenv("POSTTRAIN_CPU_DTYPE", raising=False)
-    assert resolve_dtype("auto") in ("fp32", "bf16")
+    timed = []
+
+    def fake_seconds(dtype, n=512):
+        timed.append(dtype)
+        return {torch.bfloat16: bf16_s, torch.float32: fp32_s}[dtype]
+
+    monkeypatch.setattr(models, "_matmul_seconds", fake_seconds)
+    models._cpu_bf16_is_faster.cache_clear()
+    try:
+        assert resolve_dtype("auto") == expected
+        assert resolve_dtype("auto", "cpu") == expected
+        assert sorted(timed, key=str) == [torch.bfloat16, torch.float32]  # measured once, then cached
+    finally:
+        models._cpu_bf16_is_faster.cache_clear()  # later tests measure the real CPU, not these timings
 
 
 def test_auto_on_cuda_asks_the_gpu(monkeypatch):

@@ -22,6 +22,9 @@ log = logging.getLogger(__name__)
 
 ROLES = ("system", "user", "assistant", "tool")
 
+# End-of-turn markers of common chat formats (ChatML, Llama 3, Gemma, Phi-3).
+END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>")
+
 HOW_TO_ADD_TEMPLATE = (
     "Add one by setting `tokenizer.chat_template = open('template.jinja').read()` and "
     "`tokenizer.save_pretrained(DIR)`, or pass `--set data.chat_template=PATH.jinja`, or "
@@ -66,6 +69,31 @@ def _render(tokenizer, messages, add_generation_prompt: bool) -> str:
     if not getattr(tokenizer, "chat_template", None):
         raise PosttrainError(f"the tokenizer has no chat template. {HOW_TO_ADD_TEMPLATE}")
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+
+def end_of_turn_token_ids(tokenizer) -> tuple[int, ...]:
+    """The tokens that end a model's turn: the tokenizer's EOS and whichever end-of-turn markers it has.
+
+    A chat model ends its reply with the template's marker (<|im_end|> in ChatML), never
+    with EOS, so stopping on EOS alone runs every reply to the token limit. The engine
+    stops on these, and a chat-trained artifact lists them as eos for plain `generate`.
+    """
+    ids = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
+    vocab = tokenizer.get_vocab()
+    ids += [vocab[t] for t in END_OF_TURN_TOKENS if t in vocab]
+    return tuple(dict.fromkeys(ids))
+
+
+def stop_generation_at_end_of_turn(model, tokenizer) -> None:
+    """Set `model.generation_config` so plain transformers `generate` stops where a chat turn ends.
+
+    Saved with the model as generation_config.json: eos_token_id lists every end-of-turn
+    token (see `end_of_turn_token_ids`), and pad_token_id is set, so a chat-trained
+    artifact stops after its reply without posttrain's engine.
+    """
+    gc = model.generation_config
+    gc.eos_token_id = list(end_of_turn_token_ids(tokenizer))
+    gc.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
 def render_generation_prompt(tokenizer, messages: list[dict]) -> str:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
-from posttrain.data.chat import tokenize_chat, tokenize_prompt_completion
+from posttrain.data.chat import end_of_turn_token_ids, tokenize_chat, tokenize_prompt_completion
 from posttrain.data.formats import Row
 from posttrain.data.packing import Example
 from posttrain.errors import DataError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -16,6 +19,7 @@ class BuildStats:
     examples: int = 0
     truncated: int = 0
     dropped: int = 0
+    cut_turns: int = 0  # truncations that cut a trained turn before its end-of-turn token (dropped or kept)
     no_target: int = 0
     tokens: int = 0
     target_tokens: int = 0
@@ -24,10 +28,32 @@ class BuildStats:
         return dict(self.__dict__)
 
 
+def cuts_a_turn(ids: list[int], mask: list[int], keep: int, end_ids: set[int]) -> bool:
+    """Would keeping only the first `keep` tokens cut a trained turn before its end-of-turn token?
+
+    True when a run of loss-carrying tokens crosses the cut and the part cut off holds
+    that run's end-of-turn token: the kept reply would teach the model never to stop.
+    A cut just after the end-of-turn token (before ChatML's trailing newline) is harmless.
+    """
+    if keep <= 0 or keep >= len(ids) or not (mask[keep - 1] and mask[keep]):
+        return False
+    for tok, m in zip(ids[keep:], mask[keep:]):
+        if not m:
+            return False
+        if tok in end_ids:
+            return True
+    return False
+
+
 def build_examples(tokenizer, rows: list[Row], fmt: str, *, max_length: int, overlength: str = "truncate",
-                   assistant_only: bool = True, path=None) -> tuple[list[Example], BuildStats]:
-    """conversational / prompt_completion / text rows -> Examples. Over-length rows are truncated or dropped."""
+                   assistant_only: bool = True, cut_turns: str = "drop", path=None) -> tuple[list[Example], BuildStats]:
+    """conversational / prompt_completion / text rows -> Examples. Over-length rows are truncated or dropped.
+
+    A truncation that cuts a trained turn before its end-of-turn token is dropped
+    (`cut_turns="drop"`) or kept with a warning (`"keep"`), and counted either way.
+    """
     stats = BuildStats(rows=len(rows))
+    end_ids = set(end_of_turn_token_ids(tokenizer))
     out = []
     for row in rows:
         d = row.data
@@ -50,6 +76,10 @@ def build_examples(tokenizer, rows: list[Row], fmt: str, *, max_length: int, ove
             if overlength == "drop":
                 stats.dropped += 1
                 continue
+            if cuts_a_turn(ids, mask, max_length, end_ids):
+                stats.cut_turns += 1
+                if cut_turns == "drop":
+                    continue
             stats.truncated += 1
             ids, mask = ids[:max_length], mask[:max_length]
         ex = Example(ids, mask)
@@ -62,7 +92,12 @@ def build_examples(tokenizer, rows: list[Row], fmt: str, *, max_length: int, ove
     stats.examples = len(out)
     if not out:
         raise DataError(path, None, None, f"left no usable examples ({stats.dropped} dropped as over-length, "
-                        f"{stats.no_target} without target tokens).", "Raise data.max_length or check the data.")
+                        f"{stats.cut_turns} cut before a turn's end, {stats.no_target} without target tokens).",
+                        "Raise data.max_length or check the data.")
+    if stats.cut_turns and cut_turns == "keep":
+        log.warning("%s: kept %d truncated examples whose trained turn lost its end-of-turn token; the model "
+                    "learns replies that never end. Raise data.max_length or set data.cut_turns=drop.",
+                    path, stats.cut_turns)
     return out, stats
 
 

@@ -30,7 +30,7 @@ from posttrain.evals.stats import mean_interval, wilson_interval
 
 @dataclass
 class Metric:
-    """One number with its 95% confidence interval (None where it has none, e.g. ECE or n == 0)."""
+    """One number with its 95% confidence interval (None where it has none, e.g. n == 0)."""
 
     name: str
     value: float | None

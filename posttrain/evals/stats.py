@@ -3,12 +3,14 @@
 Proportions get a Wilson score interval (it stays inside [0, 1] and behaves at
 0/n and n/n, where the normal approximation collapses to a zero-width interval).
 Means get the normal approximation mean +- z * sd / sqrt(n) with the sample
-standard deviation (n - 1 in the denominator).
+standard deviation (n - 1 in the denominator). ECE has no closed form, so it gets
+a seeded percentile bootstrap: the same samples always give the same interval.
 """
 
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Sequence
 
 Z95 = 1.959963984540054  # two-sided 95% quantile of the standard normal
@@ -60,3 +62,30 @@ def expected_calibration_error(confidences: Sequence[float], correct: Sequence[b
         sums[b][1] += c
         sums[b][2] += float(ok)
     return sum(cnt / n * abs(acc / cnt - conf / cnt) for cnt, conf, acc in sums if cnt)
+
+
+def ece_bootstrap_interval(confidences: Sequence[float], correct: Sequence[bool], n_bins: int = 15,
+                           resamples: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float] | None:
+    """Percentile bootstrap interval for ECE: resample the (confidence, correct) pairs with replacement.
+
+    Seeded with its own generator, so a report is reproducible and the global random
+    state is untouched. ECE is biased upward on small samples (noise adds |acc - conf|
+    in every bin), so the resampled values can all lie above the point estimate; the
+    interval is widened to contain it, as a reported value outside its own interval
+    reads as a bug. None when there are fewer than two samples (no spread to resample).
+    """
+    point = expected_calibration_error(confidences, correct, n_bins)
+    n = len(confidences)
+    if point is None or n < 2:
+        return None
+    rng = random.Random(seed)
+    pairs = list(zip(confidences, correct))
+    values = []
+    for _ in range(resamples):
+        sample = rng.choices(pairs, k=n)
+        values.append(expected_calibration_error([c for c, _ in sample], [ok for _, ok in sample], n_bins))
+    values.sort()
+    tail = (1.0 - level) / 2
+    lo = values[int(math.floor(tail * (resamples - 1)))]
+    hi = values[int(math.ceil((1.0 - tail) * (resamples - 1)))]
+    return min(lo, point), max(hi, point)
