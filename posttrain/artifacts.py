@@ -99,7 +99,9 @@ def artifact_id(stage: str, weights_sha: str, inputs: dict) -> str:
 def atomic_dir(out: str | Path):
     """Yield a temporary directory that becomes `out` only if the block finishes.
 
-    An existing `out` is replaced (moved aside, then deleted) only after the new one is complete.
+    An existing `out` is replaced (moved aside, then deleted) only after the new one is complete;
+    callers decide beforehand whether it may be (posttrain.outputs.check_output). A save killed
+    midway leaves `.NAME.tmp-PID-*` (or `.NAME.old-PID`), which the next run cleans up.
     """
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -116,7 +118,7 @@ def atomic_dir(out: str | Path):
         os.replace(out, old)
     os.replace(tmp, out)
     if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink(missing_ok=True)
 
 
 def write_json_atomic(path: str | Path, data) -> Path:
@@ -152,6 +154,7 @@ def save_artifact(
     metrics_lines: list[dict],
     wall_time_s: float,
     extra_files: dict[str, str] | None = None,
+    resumes: list[dict] | None = None,
 ) -> dict:
     """Write model + tokenizer + provenance atomically to `out`; return the provenance."""
     with atomic_dir(out) as tmp:
@@ -173,6 +176,8 @@ def save_artifact(
             "weights_sha256": weights_sha,
             "wall_time_s": round(wall_time_s, 2),
             "metrics": metrics,
+            # Each resume: the step it continued from, and every setting it changed (--allow-change) from -> to.
+            "resumes": resumes or [],
         }
         with open(tmp / METRICS, "w") as f:
             for line in metrics_lines:

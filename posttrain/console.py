@@ -22,3 +22,10 @@ def table(rows: list[list], headers: list[str]) -> str:
 
 def summary(title: str, items: dict) -> str:
     return f"\n{title}\n" + table([[k, v] for k, v in items.items()], ["", "value"])
+
+
+def notice(msg: str) -> None:
+    """A one-line message about what posttrain did on the user's behalf (stderr, so results stay on stdout)."""
+    import sys
+
+    print(f"posttrain: {msg}", file=sys.stderr, flush=True)

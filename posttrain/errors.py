@@ -23,4 +23,15 @@ class ConfigError(PosttrainError):
 
 
 class NonFiniteLossError(PosttrainError):
-    """Training produced a NaN or infinite loss; the last good checkpoint was kept."""
+    """Training produced a non-finite loss or gradient, or an update left a weight non-finite or huge.
+
+    Only checkpoints whose weights are all finite and bounded are ever written; the message names the last one.
+    """
+
+
+class OutputError(PosttrainError):
+    """An output path would destroy data or cannot be written; the message names the path and the fix."""
+
+
+class ResumeError(PosttrainError):
+    """`--resume` cannot continue: no checkpoint, or one written by a different run (the differences are listed)."""

@@ -15,6 +15,10 @@ last model-producing stage before it (or `base`); `@name/sub/path` refers to a
 stage's output. A stage whose fingerprint (kind, options, inputs) matches the one
 recorded when it last finished is skipped; an interrupted training stage resumes
 from its checkpoint when rerun with the same fingerprint.
+
+The runner replaces only what it wrote: a stage folder it did not start, a run directory
+that is not one, or a `publish.to` target that is not its unmodified last publication is
+left alone unless `overwrite` (`posttrain run --overwrite`); see docs/safety.md.
 """
 
 from __future__ import annotations
@@ -30,7 +34,8 @@ from pathlib import Path
 
 from posttrain.artifacts import sha256_path, write_json_atomic
 from posttrain.config import read_yaml_mapping
-from posttrain.errors import ConfigError
+from posttrain.errors import ConfigError, OutputError
+from posttrain.outputs import check_output, clean_stale_temporaries, describe, refuse_protected
 
 KINDS = ("world", "tokenizer", "pretrain", "sft", "eval")
 MODEL_KINDS = ("pretrain", "sft")
@@ -96,9 +101,23 @@ def load_recipe(path: str | Path, quick: bool = False) -> Recipe:
     return Recipe(data.get("name", path.stem), path, data.get("base"), stages, publish)
 
 
+def tree_stamp(path: Path) -> str | None:
+    """Cheap fingerprint of a folder (names, sizes, modification times): changes when anyone edits it."""
+    if not path.is_dir():
+        return None
+    items = sorted((str(f.relative_to(path)), f.stat().st_size, f.stat().st_mtime_ns) for f in path.rglob("*") if f.is_file())
+    return hashlib.sha256(json.dumps(items).encode()).hexdigest()
+
+
 class Runner:
-    def __init__(self, recipe: Recipe, run_dir: str | Path, progress: bool = True):
-        self.recipe, self.run_dir, self.progress = recipe, Path(run_dir), progress
+    def __init__(self, recipe: Recipe, run_dir: str | Path, progress: bool = True, overwrite: bool = False):
+        self.recipe, self.run_dir, self.progress, self.overwrite = recipe, Path(run_dir), progress, overwrite
+        refuse_protected(self.run_dir)
+        found = describe(self.run_dir)
+        if found and not (self.run_dir / STATE).is_file() and not overwrite:
+            raise OutputError(f"--out {self.run_dir} {found}, and is not a run directory of `posttrain run` (no {STATE}); "
+                              f"the recipe would write its stage folders into it. Choose a new --out, or pass --overwrite "
+                              f"to use it anyway (only the recipe's stage folders are replaced).")
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.state_path = self.run_dir / STATE
         self.state = json.loads(self.state_path.read_text()) if self.state_path.exists() else {"done": {}, "started": {}}
@@ -126,6 +145,8 @@ class Runner:
 
     def run(self) -> dict[str, Path]:
         current_model = self.recipe.base
+        if self.recipe.publish:  # a refused target is reported before hours of training, not after
+            self._check_publish(self.recipe.publish)
         for spec in self.recipe.stages:
             model_ref = spec.raw.get("model", current_model)
             fp_inputs = {"stage": spec.raw, "model": self._input_fingerprint(model_ref) if model_ref and spec.kind not in ("world", "tokenizer") else None}
@@ -142,6 +163,9 @@ class Runner:
                 self._say(f"[{spec.name}] unchanged since its last run: skipped")
             else:
                 resume = self.state["started"].get(spec.name) == fp
+                if spec.name not in self.state["started"] and describe(out) and not self.overwrite:
+                    raise OutputError(f"{out} {describe(out)}, but this run did not write it (it is not in {self.state_path}); "
+                                      f"stage '{spec.name}' would replace it. Move it away, or pass --overwrite.")
                 if not resume:
                     shutil.rmtree(out.parent / f"{out.name}.checkpoints", ignore_errors=True)
                 self.state["started"][spec.name] = fp
@@ -158,12 +182,45 @@ class Runner:
             self._publish(self.recipe.publish)
         return self.outputs
 
+    def _inputs(self) -> dict:
+        """Paths the recipe reads or writes that a publish target must stay clear of."""
+        inputs = {"the recipe": self.recipe.path, "the run directory (--out)": self.run_dir}
+        if self.recipe.base and not self.recipe.base.startswith("@"):
+            inputs["base"] = self.resolve(self.recipe.base)
+        for spec in self.recipe.stages:
+            values = {k: spec.raw.get(k) for k in ("model", "data", "source")}
+            values.update({k: v for k, v in _flatten(spec.raw.get("config") or {}).items()
+                           if k.rsplit(".", 1)[-1] in ("eval_data", "replay_data", "chat_template")})
+            for key, value in values.items():
+                if isinstance(value, str) and not value.startswith("@") and value not in ("auto", "own", "default"):
+                    inputs[f"stage '{spec.name}' {key}"] = self.resolve(value)
+        return inputs
+
+    def _publish_may_replace(self, publish: dict, dest: Path) -> bool:
+        """Replace `dest` only when asked, or when it is this run's own unmodified last publication."""
+        mine = self.state.get("published") or {}
+        return self.overwrite or (mine.get("to") == publish["to"] and mine.get("stamp") == tree_stamp(dest))
+
+    def _check_publish(self, publish: dict) -> Path:
+        dest = self.resolve(publish["to"])
+        src = self.run_dir / publish["stage"]
+        same = dest.is_dir() and tree_stamp(dest) == tree_stamp(src)
+        clean_stale_temporaries(dest.parent, dest.name)
+        return check_output(dest, inputs=self._inputs(), overwrite=same or self._publish_may_replace(publish, dest),
+                            option=f"publish.to ({self.recipe.path})")
+
     def _publish(self, publish: dict) -> None:
         from posttrain.artifacts import atomic_dir
 
         src, dest = self.outputs[publish["stage"]], self.resolve(publish["to"])
+        if dest.is_dir() and tree_stamp(dest) == tree_stamp(src):
+            self._say(f"{publish['stage']} is already published to {dest} (identical): nothing to copy")
+            return
+        self._check_publish(publish)
         with atomic_dir(dest) as tmp:
             shutil.copytree(src, tmp, dirs_exist_ok=True)
+        self.state["published"] = {"to": publish["to"], "stamp": tree_stamp(dest)}
+        self._save_state()
         self._say(f"published {publish['stage']} to {dest}")
 
     def _save_state(self):
@@ -184,7 +241,7 @@ class Runner:
         if spec.kind == "tokenizer":
             from posttrain.stages.tokenizer import train_tokenizer
 
-            train_tokenizer(data, out, int(raw.get("vocab_size", 4096)))
+            train_tokenizer(data, out, int(raw.get("vocab_size", 4096)), overwrite=True)
             return
         if model_ref is None:
             raise ConfigError(f"stage '{spec.name}' needs a model: set 'model' on it or 'base' on the recipe.")
@@ -201,11 +258,12 @@ class Runner:
             if spec.kind == "sft":
                 from posttrain.stages.sft import run_sft
 
-                run_sft(model, data, out, cfg, resume=resume, progress=self.progress)
+                run_sft(model, data, out, cfg, resume="auto" if resume else False, progress=self.progress, overwrite=True)
             else:
                 from posttrain.stages.pretrain import run_pretrain
 
-                run_pretrain(model, data, out, cfg, resume=resume, progress=self.progress)
+                run_pretrain(model, data, out, cfg, resume="auto" if resume else False, progress=self.progress,
+                             overwrite=True)
             return
         if spec.kind == "eval":
             from posttrain.evals.runner import run_probes

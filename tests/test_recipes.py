@@ -193,7 +193,8 @@ def test_publish_replaces_the_target_atomically(done_run, tmp_path, monkeypatch)
     recipe_path, run = copy_run(done_run, tmp_path)
     published = recipe_path.parent / "published" / "sft"
     (published / "marker").write_text("old")
-    runner = Runner(load_recipe(recipe_path), run, progress=False)
+    # The marker makes the target no longer this run's unmodified publication: replacing it needs --overwrite.
+    runner = Runner(load_recipe(recipe_path), run, progress=False, overwrite=True)
     spy_stages(monkeypatch, forbid=True)
 
     real_copytree = shutil.copytree
@@ -208,7 +209,7 @@ def test_publish_replaces_the_target_atomically(done_run, tmp_path, monkeypatch)
     assert (published / "marker").read_text() == "old"  # a failed copy keeps the old target
     assert sorted(p.name for p in published.parent.iterdir()) == ["sft"]
     monkeypatch.setattr(shutil, "copytree", real_copytree)
-    Runner(load_recipe(recipe_path), run, progress=False).run()
+    Runner(load_recipe(recipe_path), run, progress=False, overwrite=True).run()
     assert not (published / "marker").exists()  # replaced, not merged into
     assert (published / "model.safetensors").read_bytes() == (run / "sft" / "model.safetensors").read_bytes()
 

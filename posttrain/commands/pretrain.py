@@ -23,5 +23,6 @@ def run(args) -> int:
     from posttrain.stages.pretrain import PretrainConfig, run_pretrain
 
     cfg = config_from_args(PretrainConfig, args, "pretrain")
-    run_pretrain(args.model, args.data, args.out, cfg, resume=args.resume, progress=not args.no_progress)
+    run_pretrain(args.model, args.data, args.out, cfg, resume=args.resume, progress=not args.no_progress,
+                 overwrite=args.overwrite, allow_change=args.allow_change, reads={"--config": args.config})
     return 0

@@ -19,6 +19,9 @@ def add_arguments(parser):
     parser.add_argument("recipe", help="Recipe YAML file.")
     parser.add_argument("--out", help="Run directory (default runs/<recipe name>).")
     parser.add_argument("--quick", action="store_true", help="Apply the recipe's 'quick' overrides (a short smoke run).")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="Allow replacing an existing publish.to target and using an --out that is not a run "
+                             "directory (never a path that holds or lies inside an input). See docs/safety.md.")
     parser.add_argument("--no-progress", action="store_true", help="No progress output.")
 
 
@@ -27,6 +30,6 @@ def run(args) -> int:
 
     recipe = load_recipe(args.recipe, quick=args.quick)
     out = args.out or f"runs/{recipe.name}" + ("-quick" if args.quick else "")
-    outputs = Runner(recipe, out, progress=not args.no_progress).run()
+    outputs = Runner(recipe, out, progress=not args.no_progress, overwrite=args.overwrite).run()
     print(f"recipe '{recipe.name}' finished: " + ", ".join(f"{k} -> {v}" for k, v in outputs.items()))
     return 0

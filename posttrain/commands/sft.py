@@ -23,5 +23,6 @@ def add_arguments(parser):
 
 def run(args) -> int:
     cfg = config_from_args(SFTConfig, args, "sft")
-    run_sft(args.model, args.data, args.out, cfg, resume=args.resume, progress=not args.no_progress)
+    run_sft(args.model, args.data, args.out, cfg, resume=args.resume, progress=not args.no_progress,
+            overwrite=args.overwrite, allow_change=args.allow_change, reads={"--config": args.config})
     return 0

@@ -17,11 +17,12 @@ def add_arguments(parser):
     t.add_argument("--out", required=True, help="Tokenizer directory to write.")
     t.add_argument("--vocab-size", type=int, default=4096, help="Vocabulary size, special tokens included (default 4096).")
     t.add_argument("--min-frequency", type=int, default=2, help="Minimum pair frequency for a merge (default 2).")
+    t.add_argument("--overwrite", action="store_true", help="Replace an existing --out (never one holding the data).")
 
 
 def run(args) -> int:
     from posttrain.stages.tokenizer import train_tokenizer
 
-    info = train_tokenizer(args.data, args.out, args.vocab_size, args.min_frequency)
+    info = train_tokenizer(args.data, args.out, args.vocab_size, args.min_frequency, overwrite=args.overwrite)
     print(f"tokenizer with {info['vocab_size']} tokens written to {args.out}")
     return 0

@@ -22,12 +22,16 @@ def add_arguments(parser):
     b.add_argument("--out", required=True, help="Directory to write (created).")
     b.add_argument("--scale", type=float, default=1.0, help="Multiplies the corpus and post-training set sizes (default 1.0).")
     b.add_argument("--probe-n", type=int, default=150, help="Rows per probe set (default 150).")
+    b.add_argument("--overwrite", action="store_true", help="Write into an existing --out (its files of the same names are replaced).")
 
 
 def run(args) -> int:
     from posttrain.console import table
     from posttrain.world.build import build_world
 
+    from posttrain.outputs import check_output
+
+    check_output(args.out, inputs={}, overwrite=args.overwrite)  # build_world writes into the folder: never a stranger's
     manifest = build_world(args.seed, args.out, args.scale, probe_n=args.probe_n)
     files = manifest.get("files", {})
     rows = [[name, info.get("rows", "-"), info.get("sha256", "")[:12]] for name, info in sorted(files.items())

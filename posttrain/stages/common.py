@@ -20,7 +20,15 @@ def add_stage_arguments(parser: argparse.ArgumentParser, data_help: str) -> None
     parser.add_argument("--config", help="YAML file of options (see docs/options.md).")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="Override one option, e.g. --set train.lr=1e-5 or --set max_steps=5 (repeatable).")
-    parser.add_argument("--resume", action="store_true", help="Continue from the latest checkpoint in OUT.checkpoints/.")
+    parser.add_argument("--resume", action="store_true",
+                        help="Continue from the latest checkpoint in OUT.checkpoints/; an error when there is none, or "
+                             "when it was written with other settings, data or model (see --allow-change).")
+    parser.add_argument("--allow-change", action="append", default=[], metavar="KEY",
+                        help="With --resume: accept that KEY (e.g. train.lr, data, model) differs from the checkpoint's "
+                             "run; recorded in provenance.json with the step of the change (repeatable).")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="Replace an existing --out (or checkpoints of an unfinished run). Never one that holds or "
+                             "lies inside an input. See docs/safety.md.")
     parser.add_argument("--no-progress", action="store_true", help="No progress bar (for logs).")
 
 

@@ -13,14 +13,16 @@ from pathlib import Path
 
 import torch
 
-from posttrain.artifacts import data_record, parent_record, save_artifact
+from posttrain.artifacts import data_record, parent_record, save_artifact, sha256_path
 from posttrain.config import opt
 from posttrain.console import summary
 from posttrain.data.formats import load_dataset_rows
 from posttrain.data.packing import pack_examples
 from posttrain.data.sft import split_documents
 from posttrain.models import load_tokenizer, resolve_device, resolve_dtype
+from posttrain.outputs import model_bytes
 from posttrain.stages.common import checkpoint_dir, finalize_model, prepare_model, split_rows
+from posttrain.stages.guard import check_stage_output, resume_trainer, stage_inputs, start_run
 from posttrain.training.config import ModelConfig, TrainConfig
 from posttrain.training.loop import Trainer
 
@@ -75,17 +77,34 @@ def new_model(tok, arch: ArchConfig, seed: int):
     return LlamaForCausalLM(config)
 
 
-def run_pretrain(model_path, data_path, out, cfg: PretrainConfig, *, resume: bool = False, progress: bool = True) -> dict:
+def llama_parameter_count(vocab_size: int, arch: ArchConfig) -> int:
+    """Parameters of the model `new_model` builds (no biases; RMSNorm weights; tied or separate head)."""
+    h, kv = arch.hidden_size, arch.hidden_size // arch.num_heads * arch.num_kv_heads
+    per_layer = h * h * 2 + h * kv * 2 + 3 * h * arch.intermediate_size + 2 * h
+    return vocab_size * h * (1 if arch.tie_embeddings else 2) + arch.num_layers * per_layer + h
+
+
+def run_pretrain(model_path, data_path, out, cfg: PretrainConfig, *, resume: bool | str = False, progress: bool = True,
+                 overwrite: bool = False, allow_change=(), reads: dict | None = None) -> dict:
+    """Train and write the artifact to `out`; resume/overwrite/allow_change/reads as in run_sft (docs/safety.md)."""
     t0 = time.perf_counter()
     fresh = not (Path(model_path) / "config.json").exists()
+    tok = load_tokenizer(model_path, cfg.model.trust_remote_code)
+    bytes_per_weight = 2 if cfg.model.save_dtype == "bf16" else 4
+    need = llama_parameter_count(len(tok), cfg.arch) * bytes_per_weight if fresh else model_bytes(model_path)
+    check_stage_output(out, stage_inputs(model_path, data_path, cfg, reads), overwrite=overwrite, need_bytes=need)
+    _, rows = load_dataset_rows(data_path, allowed=("text",))
+    data = [data_record(data_path, len(rows)) | {"format": "text", "role": "train"}]
+    parent = None if fresh else parent_record(model_path)
+    model_id = f"tokenizer {sha256_path(model_path)}" if fresh else parent["weights_sha256"]
+    ckpt, run_record = start_run(out, cfg, model_id=model_id, data_records=data, resume=resume,
+                                 allow_change=allow_change, overwrite=overwrite)
     if fresh:
         device = resolve_device(cfg.model.device)
         dtype = resolve_dtype(cfg.model.dtype, device)
-        tok = load_tokenizer(model_path)
         model = new_model(tok, cfg.arch, cfg.train.seed).to(device)
     else:
-        model, tok, device, dtype = prepare_model(model_path, cfg.model)
-    _, rows = load_dataset_rows(data_path, allowed=("text",))
+        model, tok, device, dtype = prepare_model(model_path, cfg.model, tok)
     if cfg.data.limit:
         rows = rows[: cfg.data.limit]
     train_docs, eval_docs = split_rows(rows, cfg.data.eval_fraction, cfg.train.seed)
@@ -93,19 +112,18 @@ def run_pretrain(model_path, data_path, out, cfg: PretrainConfig, *, resume: boo
     eval_ex, _ = split_documents(tok, eval_docs, cfg.data.seq_len) if eval_docs else ([], None)
     train_rows, eval_rows = pack_examples(train_ex, cfg.data.seq_len), pack_examples(eval_ex, cfg.data.seq_len)
     trainer = Trainer(model, train_rows, cfg.train, device=device, dtype=dtype, pad_id=tok.pad_token_id,
-                      eval_rows=eval_rows, ckpt_dir=checkpoint_dir(out), desc="pretrain", progress=progress)
-    if resume:
-        trainer.resume()
+                      eval_rows=eval_rows, ckpt_dir=checkpoint_dir(out), desc="pretrain", progress=progress,
+                      run_record=run_record)
+    resume_trainer(trainer, ckpt)
     result = trainer.fit()
     n_params = sum(p.numel() for p in model.parameters())
     metrics = {"train_loss": result.train_loss, "eval_loss": result.eval_loss, "steps": result.steps,
                "tokens": result.tokens, "tokens_per_s": round(result.tokens_per_s, 1), "parameters": n_params,
                "corpus_tokens": stats.tokens, "dtype": dtype, "device": str(device)}
-    parent = None if fresh else parent_record(model_path)
     prov = save_artifact(out, stage="pretrain", model=finalize_model(model, cfg.model), tokenizer=tok, config=asdict(cfg), parent=parent,
-                         data=[data_record(data_path, len(rows)) | {"format": "text", "role": "train"}],
-                         seeds={"init": cfg.train.seed, "train": cfg.train.seed}, metrics=metrics,
-                         metrics_lines=result.metrics_lines, wall_time_s=time.perf_counter() - t0)
+                         data=data, seeds={"init": cfg.train.seed, "train": cfg.train.seed}, metrics=metrics,
+                         metrics_lines=result.metrics_lines, wall_time_s=time.perf_counter() - t0,
+                         resumes=run_record["history"])
     import shutil
 
     shutil.rmtree(checkpoint_dir(out), ignore_errors=True)

@@ -8,6 +8,7 @@ from pathlib import Path
 from posttrain.artifacts import atomic_dir, data_record, write_json_atomic
 from posttrain.data.chat import default_template
 from posttrain.data.formats import load_dataset_rows
+from posttrain.outputs import check_output, clean_stale_temporaries, refuse_protected
 
 EOS = "<|endoftext|>"
 PAD = "<|pad|>"
@@ -17,11 +18,17 @@ TOOL_TOKENS = ["<|tool_call|>", "<|/tool_call|>", "<|tool_result|>", "<|/tool_re
 SPECIAL_TOKENS = [EOS, PAD, *CHAT_TOKENS, *TOOL_TOKENS]
 
 
-def train_tokenizer(data_path, out, vocab_size: int = 4096, min_frequency: int = 2) -> dict:
-    """Train BPE on the `text` rows of `data_path`; save a transformers tokenizer with the ChatML template."""
+def train_tokenizer(data_path, out, vocab_size: int = 4096, min_frequency: int = 2, *, overwrite: bool = False) -> dict:
+    """Train BPE on the `text` rows of `data_path`; save a transformers tokenizer with the ChatML template.
+
+    An existing `out` is replaced only with overwrite=True, and never when it holds the data (docs/safety.md).
+    """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
+    refuse_protected(out)
+    clean_stale_temporaries(Path(out).resolve().parent, Path(out).resolve().name)
+    check_output(out, inputs={"--data": data_path}, overwrite=overwrite)
     _, rows = load_dataset_rows(data_path, allowed=("text",))
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

@@ -4,7 +4,9 @@ It runs micro-batches of packed rows through the model, averages the loss over
 target tokens across the whole optimizer step (so gradient accumulation gives
 the same gradient as one big batch), clips, steps AdamW on a warmup + cosine
 schedule, logs, evaluates, checkpoints, resumes, and refuses to continue past
-a non-finite loss.
+a non-finite loss or an update that leaves a weight non-finite or huge. Checkpoints are
+written only when every trained weight is finite and bounded, so the one a failure
+names is always safe to resume from.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from posttrain.errors import NonFiniteLossError, PosttrainError
 from posttrain.losses import shift_targets, token_nll_sum
 from posttrain.models import autocast
 from posttrain.training.config import TrainConfig
+from posttrain.training.resume import RUN_FILE, completed_checkpoints
 
 # Model families whose logits are exactly lm_head(final hidden state); for these we
 # apply the head to target positions only, which skips most of the vocabulary matmul.
@@ -62,11 +65,30 @@ def nll_and_count(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, 
     return token_nll_sum(logits, targets[sel]), n
 
 
+def max_abs(tensors) -> float:
+    """Largest |w| over `tensors`: nan (or inf) when any entry is."""
+    peaks = [t.detach().abs().max().float() for t in tensors if t.numel()]
+    return float(torch.stack(peaks).max()) if peaks else 0.0
+
+
+def weights_pass(peak: float, limit: float) -> bool:
+    return math.isfinite(peak) and peak <= limit
+
+
+def lower_lr(lr: float) -> str:
+    """A learning rate to suggest after a divergence: a tenth of lr, and at most 1e-4."""
+    x = min(lr / 10, 1e-4) if math.isfinite(lr) and lr > 0 else 1e-4
+    return f"{x:.0e}"
+
+
 @dataclass
 class TrainState:
     step: int = 0
     tokens: int = 0
     metrics_lines: list = field(default_factory=list)
+    # The logging window in progress: kept in checkpoints, so the first line after a resume averages the right steps.
+    window_loss: float = 0.0
+    window_steps: int = 0
 
 
 @dataclass
@@ -84,7 +106,7 @@ class TrainResult:
 class Trainer:
     def __init__(self, model, train_rows: list[PackedRow], cfg: TrainConfig, *, device, dtype: str, pad_id: int,
                  eval_rows: list[PackedRow] | None = None, ckpt_dir: str | Path | None = None, desc: str = "train",
-                 progress: bool = True):
+                 progress: bool = True, run_record: dict | None = None):
         if not train_rows:
             raise PosttrainError("no training rows: the data produced nothing to train on.")
         self.model, self.rows, self.cfg = model, train_rows, cfg
@@ -105,6 +127,8 @@ class Trainer:
         )
         self.state = TrainState()
         self._perm_cache: dict[int, list[int]] = {}
+        self.run_record = run_record  # identity + resume history, written into every checkpoint (run.json)
+        self.weight_limit = max(cfg.max_abs_weight, 10 * max_abs(self._trained()))
 
     # ------------------------------------------------------------ data order
 
@@ -127,30 +151,36 @@ class Trainer:
     def _trainable(self) -> dict[str, torch.Tensor]:
         return {n: p.detach().contiguous().cpu() for n, p in self.model.named_parameters() if p.requires_grad}
 
-    def save_checkpoint(self, keep: int = 2) -> Path:
+    def _trained(self) -> list[torch.Tensor]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def save_checkpoint(self, keep: int = 2) -> Path | None:
+        """Write a resumable checkpoint, only if every trained weight passes the check; None when one fails."""
         from safetensors.torch import save_file
 
         assert self.ckpt_dir is not None
+        if not weights_pass(max_abs(self._trained()), self.weight_limit):
+            return None
         target = self.ckpt_dir / f"step-{self.state.step:06d}"
         with atomic_dir(target) as tmp:
             save_file(self._trainable(), str(tmp / "trainable.safetensors"))
             torch.save({"optimizer": self.optimizer.state_dict(), "rng": torch.get_rng_state()}, tmp / "optimizer.pt")
-            (tmp / "state.json").write_text(json.dumps(self.state.__dict__))
+            if self.run_record is not None:
+                (tmp / RUN_FILE).write_text(json.dumps(self.run_record, default=str))
+            (tmp / "state.json").write_text(json.dumps(self.state.__dict__))  # last: marks the checkpoint complete
         for old in sorted(self.ckpt_dir.glob("step-*"))[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
         return target
 
     def latest_checkpoint(self) -> Path | None:
-        if not self.ckpt_dir or not self.ckpt_dir.exists():
-            return None
-        done = sorted(p for p in self.ckpt_dir.glob("step-*") if (p / "state.json").exists())
+        done = completed_checkpoints(self.ckpt_dir) if self.ckpt_dir else []
         return done[-1] if done else None
 
-    def resume(self) -> int:
-        """Load the latest checkpoint if there is one; return the step it resumes at."""
+    def resume(self, ckpt: Path | None = None) -> int:
+        """Load `ckpt` (default: the latest checkpoint, if any); return the step it resumes at."""
         from safetensors.torch import load_file
 
-        ckpt = self.latest_checkpoint()
+        ckpt = ckpt or self.latest_checkpoint()
         if ckpt is None:
             return 0
         params = dict(self.model.named_parameters())
@@ -181,16 +211,36 @@ class Trainer:
         self.model.train()
         return total / max(1, n)
 
-    def _stop_non_finite(self, what: str, value: float):
-        saved = None
-        if self.ckpt_dir is not None:
-            # The weights have not been updated by this step yet, so they are the last good ones.
-            saved = self.save_checkpoint()
-        where = (f"The last good weights (after step {self.state.step}) are saved in {saved}; fix the cause and "
-                 "rerun with --resume." if saved else "No checkpoint directory was configured, so nothing was saved.")
+    def _advice(self, saved: Path | None, lr: float) -> str:
+        """What to do after a stop, as options to add to the same command (accepted by the resume check)."""
+        new_lr = lower_lr(lr)
+        if self.ckpt_dir is None:
+            return f"No checkpoint directory was configured, so nothing was saved; start again with train.lr={new_lr}."
+        last = saved or self.latest_checkpoint()
+        if last is None:
+            when = f"the first comes at step {self.cfg.save_every}" if self.cfg.save_every else "train.save_every is 0"
+            return (f"No checkpoint was written before this ({when}), so there is nothing to resume: rerun the same "
+                    f"command adding --set train.lr={new_lr} to start again with a lower learning rate.")
+        step = json.loads((last / "state.json").read_text())["step"]
+        head = (f"The last good weights (after step {step}) are saved in {last}" if saved else
+                f"The last checkpoint that passed the weight check is {last} (after step {step})")
+        return (f"{head}; to continue from it with a lower learning rate, rerun the same command adding "
+                f"--resume --allow-change train.lr --set train.lr={new_lr}.")
+
+    def _stop_non_finite(self, what: str, value: float, lr: float):
+        # The weights have not been updated by this step yet, and the last update passed the weight check.
+        saved = self.save_checkpoint() if self.ckpt_dir is not None and self.state.step > 0 else None
         raise NonFiniteLossError(
-            f"step {self.state.step + 1}: {what} is {value}. Training stopped before applying this update. {where} "
-            "Common causes: a learning rate that is too high (lower train.lr), or fp16 overflow."
+            f"step {self.state.step + 1}: {what} is {value}. Training stopped before applying this update. "
+            f"{self._advice(saved, lr)} Other causes: fp16 overflow, or a bad batch of data."
+        )
+
+    def _stop_bad_weights(self, peak: float, lr: float):
+        what = (f"a trained weight is {peak}" if not math.isfinite(peak) else
+                f"the largest trained weight is {peak:.3g}, above the limit {self.weight_limit:.3g} (train.max_abs_weight)")
+        raise NonFiniteLossError(
+            f"step {self.state.step}: after the update {what}. Training stopped and these weights were not saved. "
+            f"{self._advice(None, lr)}"
         )
 
     def fit(self) -> TrainResult:
@@ -202,7 +252,6 @@ class Trainer:
         start_tokens = self.state.tokens
         bar = tqdm(total=self.total_steps, initial=self.state.step, desc=self.desc, disable=not self.progress,
                    mininterval=1.0, dynamic_ncols=True)
-        recent: list[float] = []
         while self.state.step < self.total_steps:
             step = self.state.step
             lr = lr_at(step, self.total_steps, cfg)
@@ -219,28 +268,32 @@ class Trainer:
                 loss = nll / max(1, total_targets)
                 if not torch.isfinite(loss):
                     self.optimizer.zero_grad(set_to_none=True)
-                    self._stop_non_finite("the loss", float(loss))
+                    self._stop_non_finite("the loss", float(loss.detach()), lr)
                 loss.backward()
                 loss_value += float(loss.detach())
             params = [p for p in model.parameters() if p.requires_grad]
             gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
             if not torch.isfinite(gnorm):
                 self.optimizer.zero_grad(set_to_none=True)
-                self._stop_non_finite("the gradient norm", float(gnorm))
+                self._stop_non_finite("the gradient norm", float(gnorm), lr)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
             self.state.step += 1
-            recent.append(loss_value)
+            peak = max_abs(params)
+            if not weights_pass(peak, self.weight_limit):
+                self._stop_bad_weights(peak, lr)
+            self.state.window_loss += loss_value
+            self.state.window_steps += 1
             elapsed = time.perf_counter() - start
             tps = (self.state.tokens - start_tokens) / max(elapsed, 1e-9)
             bar.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{tps:,.0f}", refresh=False)
             bar.update(1)
             s = self.state.step
             if s % max(1, cfg.log_every) == 0 or s == self.total_steps:
-                self.state.metrics_lines.append({"step": s, "loss": sum(recent) / len(recent), "lr": lr,
-                                                 "grad_norm": float(gnorm), "tokens": self.state.tokens,
+                self.state.metrics_lines.append({"step": s, "loss": self.state.window_loss / self.state.window_steps,
+                                                 "lr": lr, "grad_norm": float(gnorm), "tokens": self.state.tokens,
                                                  "tokens_per_s": round(tps, 1)})
-                recent = []
+                self.state.window_loss, self.state.window_steps = 0.0, 0
             if cfg.eval_every and s % cfg.eval_every == 0 and s < self.total_steps:
                 self.state.metrics_lines.append({"step": s, "eval_loss": self.evaluate()})
             if self.ckpt_dir is not None and cfg.save_every and s % cfg.save_every == 0:
