@@ -3,10 +3,12 @@
     python bench/sft_vs_trl.py                    # bf16, 30 steps, every side once
     python bench/sft_vs_trl.py --repeats 2 --json bench/sft_vs_trl.json
 
-Each side runs in its own subprocess (this script with --side), so peak memory is
-that side's alone, and the sides take turns (rotated each round) so that a
-neighbour's load on a shared CPU does not always land on the same side. See
-bench/README.md for what is measured and why it is fair.
+Each side runs in its own subprocess (this script with --side), so its memory is
+its own, and the sides take turns (rotated each round) so that a neighbour's load
+on a shared CPU does not always land on the same side. Time and memory are taken
+the same way on every side (bench/measure.py): steady-state steps after
+--warmup-steps, and the memory training adds over what was resident right before
+its first step. See bench/README.md for what is measured and why it is fair.
 """
 
 from __future__ import annotations
@@ -14,13 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from measure import StepClock, matmul_peak_flops, spread  # bench/measure.py, next to this script
 
 ROOT = Path(__file__).resolve().parents[1]
 # TRL's settings: padded batches in random order (its default), padded batches grouped by length (less padding),
@@ -46,6 +48,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default=str(ROOT / "models" / "base"), help="transformers model directory")
     p.add_argument("--steps", type=int, default=30, help="optimizer steps on every side")
+    p.add_argument("--warmup-steps", type=int, default=3,
+                   help="optimizer steps run but not timed; tokens/s covers the steps after them")
     p.add_argument("--max-length", type=int, default=512, help="longest example, and the packed row length")
     p.add_argument("--batch-tokens", type=int, default=2048,
                    help="effective batch in real tokens per step: packed sides take batch_tokens/max_length rows, "
@@ -56,7 +60,8 @@ def parse_args(argv=None):
     p.add_argument("--dtype", default="bf16", choices=("bf16", "fp32", "auto"), help="bf16 = autocast over fp32 weights")
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--loss-window", type=int, default=10, help="final loss = mean training loss of the last N steps")
-    p.add_argument("--repeats", type=int, default=1, help="rounds of all sides; tokens/s is the median over rounds")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="rounds of all sides; tokens/s and memory are the medians over rounds")
     p.add_argument("--sides", default=",".join(SIDES), help="comma list out of " + ", ".join(SIDES))
     p.add_argument("--json", metavar="OUT", help="also write the results as JSON")
     p.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)  # internal: run one side in this process
@@ -67,20 +72,6 @@ def parse_args(argv=None):
 
 
 # ------------------------------------------------------------------ the sides (each in its own process)
-
-def _status_mb(key: str) -> float:
-    return int(re.search(rf"{key}:\s+(\d+)", Path("/proc/self/status").read_text()).group(1)) / 1024
-
-
-def _reset_peak() -> float:
-    """Start a fresh peak-RSS window (Linux: clear_refs 5 resets VmHWM); return the peak so far."""
-    before = _status_mb("VmHWM")
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
-    return before
-
 
 def eval_loss(model, args) -> float:
     """Assistant-token loss on the world's held-out chats (sft_eval.jsonl), computed the same way for every
@@ -132,23 +123,25 @@ def run_posttrain(args) -> dict:
     rows = prepare_sft_rows(tok, args.data, cfg)[0]
     trainer = Trainer(model, rows, cfg.train, device=torch.device("cpu"), dtype=dtype, pad_id=tok.pad_token_id,
                       progress=False)
-    micro = [r for i in range(args.steps) for r in trainer._micro_batch(i)]  # the rows fit() will consume
-    targets = sum(sum(r.loss_mask) for r in micro)
-    prep_peak, rss0 = _reset_peak(), _status_mb("VmRSS")
-    t0 = time.perf_counter()
+    micro = [trainer._micro_batch(i) for i in range(args.steps)]  # the micro-batches fit() will consume
+    targets = sum(sum(r.loss_mask) for rows in micro for r in rows)
+    padded = sum(len(rows) * max(len(r) for r in rows) for rows in micro)  # collate pads to the longest row
+    clock = StepClock(lambda: trainer.state.tokens)  # real tokens, counted by fit() before each step's forward
+    trainer.optimizer.register_step_post_hook(clock)
+    clock.start()
     res = trainer.fit()
-    wall = time.perf_counter() - t0
+    clock.stop()
+    clock.check(res.steps, trainer.state.tokens)
     losses = [m["loss"] for m in res.metrics_lines if "loss" in m]
-    peak, delta = max(prep_peak, _status_mb("VmHWM")), _status_mb("VmHWM") - rss0
     return dict(dtype=dtype, eval_loss=eval_loss(model, args), steps=res.steps, real_tokens=res.tokens,
-                batching=f"{cfg.train.batch_size} rows x 1",
-                padded_tokens=res.tokens, target_tokens=targets, wall_s=wall, losses=losses, rss_start_mb=rss0,
-                peak_rss_mb=peak, train_peak_delta_mb=delta)
+                batching=f"{cfg.train.batch_size} rows x 1", params=sum(p.numel() for p in model.parameters()),
+                padded_tokens=padded, target_tokens=targets, losses=losses, **clock.result(args.warmup_steps))
 
 
 def run_trl(args, setting: dict) -> dict:
     from datasets import Dataset
     from torch.optim.lr_scheduler import LambdaLR
+    from transformers import TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
     from posttrain.models import load_model, load_tokenizer, resolve_dtype
@@ -188,6 +181,14 @@ def run_trl(args, setting: dict) -> dict:
                                              lambda s: lr_at(s, num_training_steps, pt) / pt.lr)
             return self.lr_scheduler
 
+    clock = StepClock(lambda: counts["real"])  # training_step counted every micro-batch of the step
+
+    class StartClock(TrainerCallback):
+        def on_train_begin(self, args, state, control, optimizer=None, **kwargs):
+            # After the optimizer, accelerate.prepare and the dataloader are set up, before the first step.
+            getattr(optimizer, "optimizer", optimizer).register_step_post_hook(clock)  # the torch AdamW inside
+            clock.start()
+
     with tempfile.TemporaryDirectory() as out:
         cfg = SFTConfig(
             output_dir=out, max_steps=args.steps, learning_rate=pt.lr, adam_beta1=pt.beta1, adam_beta2=pt.beta2,
@@ -197,17 +198,16 @@ def run_trl(args, setting: dict) -> dict:
             logging_steps=args.steps, save_strategy="no", eval_strategy="no", report_to="none",
             disable_tqdm=True, dataloader_num_workers=0, dataloader_pin_memory=False,
         )
-        trainer = CountingSFTTrainer(model=model, args=cfg, train_dataset=data, processing_class=tok)
-        prep_peak, rss0 = _reset_peak(), _status_mb("VmRSS")
-        t0 = time.perf_counter()
+        trainer = CountingSFTTrainer(model=model, args=cfg, train_dataset=data, processing_class=tok,
+                                     callbacks=[StartClock()])
         trainer.train()
-        wall = time.perf_counter() - t0
-    peak, delta = max(prep_peak, _status_mb("VmHWM")), _status_mb("VmHWM") - rss0
+        clock.stop()
+        clock.check(trainer.state.global_step, counts["real"])
     losses = [sum(micro_losses[i:i + accum]) for i in range(0, len(micro_losses), accum)]
     return dict(dtype=dtype, eval_loss=eval_loss(model, args), steps=trainer.state.global_step,
                 batching=f"{micro} {'rows' if setting['packing'] else 'chats'} x {accum}",
                 real_tokens=counts["real"], padded_tokens=counts["padded"], target_tokens=counts["targets"],
-                wall_s=wall, losses=losses, rss_start_mb=rss0, peak_rss_mb=peak, train_peak_delta_mb=delta)
+                params=sum(p.numel() for p in model.parameters()), losses=losses, **clock.result(args.warmup_steps))
 
 
 # ------------------------------------------------------------------ the driver
@@ -239,8 +239,8 @@ def check_same_examples(args, data_path) -> dict:
 
 def run_side(side: str, args, data_path: str, ex: dict) -> dict:
     opts = dict(side=side, data=data_path, pad_micro=ex["pad_micro"], pad_accum=ex["pad_accum"], model=args.model,
-                steps=args.steps, max_length=args.max_length, batch_tokens=args.batch_tokens,
-                trl_micro_tokens=args.trl_micro_tokens, dtype=args.dtype, lr=args.lr)
+                steps=args.steps, warmup_steps=args.warmup_steps, max_length=args.max_length,
+                batch_tokens=args.batch_tokens, trl_micro_tokens=args.trl_micro_tokens, dtype=args.dtype, lr=args.lr)
     cmd = [sys.executable, __file__] + [a for k, v in opts.items() for a in (f"--{k.replace('_', '-')}", str(v))]
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false", TRANSFORMERS_VERBOSITY="error")
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
@@ -248,51 +248,71 @@ def run_side(side: str, args, data_path: str, ex: dict) -> dict:
     if proc.returncode or line is None:
         sys.exit(f"side {side} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
     r = json.loads(line[len("RESULT "):])
-    r["tokens_per_s"] = r["real_tokens"] / r["wall_s"]
+    r["tokens_per_s"] = r["timed_tokens"] / r["timed_s"]
     r["final_loss"] = statistics.mean(r["losses"][-args.loss_window:])
     return r
 
 
-def summarise(runs: list[dict]) -> dict:
-    """Median tokens/s over rounds, the largest memory, the losses of the first round (rounds repeat them)."""
+MEASURES = ("tokens_per_s", "mfu", "train_delta_mb", "train_peak_mb", "peak_rss_mb")
+
+
+def summarise(runs: list[dict], peak_flops: float) -> dict:
+    """Medians over rounds (each round's value kept in <name>_runs); the losses of the first round."""
+    for r in runs:
+        r["mfu"] = 6 * r["params"] * r["tokens_per_s"] / peak_flops  # model FLOPs (6N per token) / matmul peak
     out = dict(runs[0])
-    out["tokens_per_s"] = statistics.median(r["tokens_per_s"] for r in runs)
-    out["tokens_per_s_runs"] = [round(r["tokens_per_s"]) for r in runs]
-    for k in ("peak_rss_mb", "train_peak_delta_mb"):
-        out[k] = max(r[k] for r in runs)
+    for k in MEASURES:
+        out[k + "_runs"] = [r[k] for r in runs]
+        out[k] = statistics.median(out[k + "_runs"])
     return out
 
 
 def report(res: dict, env: dict, args) -> str:
-    rows = [f"| {s} | {r['batching']} | {r['dtype']} | {r['steps']} | {r['real_tokens']:,} "
-            f"| {r['padded_tokens']:,} | {r['target_tokens']:,} | {r['tokens_per_s']:,.0f} | {r['peak_rss_mb']:,.0f} "
-            f"| {r['train_peak_delta_mb']:,.0f} | {r['final_loss']:.3f} | {r['eval_loss']:.3f} |"
+    rows = [f"| {s} | {r['batching']} | {r['dtype']} | {r['steps']} ({r['timed_steps']}) | {r['real_tokens']:,} "
+            f"| {r['padded_tokens']:,} | {r['target_tokens']:,} | {spread(r['tokens_per_s_runs'])} "
+            f"| {spread([100 * m for m in r['mfu_runs']], '{:.1f}')}% | {spread(r['train_delta_mb_runs'])} "
+            f"| {spread(r['train_peak_mb_runs'])} | {spread(r['peak_rss_mb_runs'])} "
+            f"| {r['final_loss']:.3f} | {r['eval_loss']:.3f} |"
             for s, r in res.items()]
+    methods = sorted({r["memory_method"] for r in res.values()})
     text = [(f"CPU: {env['device']}; torch {env['torch']}, transformers {env['transformers']}, trl {env['trl']}; "
-             f"dtype {env['dtype']}; {args.steps} steps of ~{args.batch_tokens:,} real tokens, max_length "
-             f"{args.max_length}, assistant-only loss on every side; tokens/s: median of {args.repeats} round(s)."),
+             f"dtype {env['dtype']}; matmul peak {env['matmul_peak_flops'] / 1e9:,.1f} GFLOP/s (best of 5 "
+             f"2048x2048 {env['dtype']} matmuls here). {args.steps} steps of ~{args.batch_tokens:,} real tokens, "
+             f"max_length {args.max_length}, assistant-only loss on every side. tokens/s: real tokens of the steps "
+             f"after the first {args.warmup_steps} / their time, clocked at each optimizer step on every side; "
+             f"memory: training peak ({', '.join(methods)}) and its rise over the RSS right before the first step. "
+             f"Cells: median [min–max] of {args.repeats} round(s)."),
             "",
-            ("| side | micro-batch x accumulation | dtype | steps | real tokens | padded tokens | target tokens "
-             f"| tokens/s | peak RSS MB | train peak Δ MB | train loss (last {args.loss_window}) | held-out loss |"),
-            "|---|---|---|---|---|---|---|---|---|---|---|---|", *rows, ""]
+            ("| side | micro-batch x accumulation | dtype | steps (timed) | real tokens | padded tokens "
+             "| target tokens | tokens/s | 6·N·tokens/s of matmul peak | train peak Δ MB | train peak MB "
+             "| process peak MB "
+             f"| train loss (last {args.loss_window}) | held-out loss |"),
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|", *rows, ""]
     pt, trl = res.get("posttrain"), {s: r for s, r in res.items() if s != "posttrain"}
     if not (pt and trl):
         return "\n".join(text)
     for s, r in trl.items():
         text.append(f"posttrain / {s}: tokens/s x{pt['tokens_per_s'] / r['tokens_per_s']:.2f}, "
-                    f"peak RSS x{pt['peak_rss_mb'] / r['peak_rss_mb']:.2f}, "
-                    f"train peak Δ x{pt['train_peak_delta_mb'] / max(r['train_peak_delta_mb'], 1):.2f}, "
+                    f"train peak Δ x{pt['train_delta_mb'] / max(r['train_delta_mb'], 1):.2f}, "
+                    f"train peak x{pt['train_peak_mb'] / r['train_peak_mb']:.2f}, "
+                    f"process peak x{pt['peak_rss_mb'] / r['peak_rss_mb']:.2f}, "
                     f"held-out loss {pt['eval_loss'] - r['eval_loss']:+.3f}")
     best = max(trl, key=lambda s: trl[s]["tokens_per_s"])
     b = trl[best]
     speed = pt["tokens_per_s"] / b["tokens_per_s"]
-    mem_ok = pt["peak_rss_mb"] <= b["peak_rss_mb"]
+    mem_ok = pt["train_delta_mb"] <= b["train_delta_mb"]  # what training adds, not what each library imports
     loss_ok = pt["eval_loss"] <= 1.05 * b["eval_loss"]  # matching (within 5%) or lower
     won = speed >= 1.5 and mem_ok and loss_ok
     text.append(f"Verdict: posttrain {'WINS' if won else 'LOSES'} against TRL's fastest setting here ({best}): "
-                f"x{speed:.2f} its tokens/s (goal x1.5: {'met' if speed >= 1.5 else 'NOT met'}), "
-                f"{'no more' if mem_ok else 'MORE'} peak memory, held-out loss {pt['eval_loss']:.3f} vs "
-                f"{b['eval_loss']:.3f} ({'matching or lower' if loss_ok else 'WORSE by more than 5%'}).")
+                f"x{speed:.2f} its steady-state tokens/s (goal x1.5: {'met' if speed >= 1.5 else 'NOT met'}), "
+                f"{'no more' if mem_ok else 'MORE'} training memory ({pt['train_delta_mb']:,.0f} vs "
+                f"{b['train_delta_mb']:,.0f} MB over the pre-training baseline), held-out loss "
+                f"{pt['eval_loss']:.3f} vs {b['eval_loss']:.3f} "
+                f"({('lower' if pt['eval_loss'] <= b['eval_loss'] else 'higher, within 5%') if loss_ok else 'WORSE by more than 5%'}).")
+    leaner = [f"{s} {r['train_delta_mb']:,.0f} MB" for s, r in trl.items()
+              if s != best and r["train_delta_mb"] < pt["train_delta_mb"]]  # the fastest: in the verdict
+    if leaner:
+        text.append(f"Training memory: posttrain's {pt['train_delta_mb']:,.0f} MB is MORE than {', '.join(leaner)}.")
     return "\n".join(text)
 
 
@@ -312,10 +332,14 @@ def main(argv=None):
     sides = [s.strip() for s in args.sides.split(",") if s.strip()]
     if unknown := set(sides) - set(SIDES):
         sys.exit(f"--sides: unknown {', '.join(sorted(unknown))}; choose from {', '.join(SIDES)}.")
+    if not 1 <= args.warmup_steps < args.steps:
+        sys.exit(f"--warmup-steps {args.warmup_steps}: give 1 to --steps - 1 ({args.steps - 1}); "
+                 "the timed steps are the ones after the warm-up.")
     env = dict(device=device_name(torch.device("cpu")), dtype=resolve_dtype(args.dtype), torch=torch.__version__,
                transformers=transformers.__version__, trl=trl.__version__)
-    print(f"{env['device']} | dtype {env['dtype']} | torch {env['torch']} | transformers {env['transformers']} "
-          f"| trl {env['trl']}", flush=True)
+    env["matmul_peak_flops"] = matmul_peak_flops(env["dtype"])  # the sides inherit this process's threads
+    print(f"{env['device']} | dtype {env['dtype']} | matmul peak {env['matmul_peak_flops'] / 1e9:,.1f} GFLOP/s "
+          f"| torch {env['torch']} | transformers {env['transformers']} | trl {env['trl']}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         build_world(0, tmp)
         data = str(Path(tmp) / "sft.jsonl")
@@ -328,9 +352,11 @@ def main(argv=None):
             for side in sides[k % len(sides):] + sides[:k % len(sides)]:  # rotate who goes first
                 r = run_side(side, args, data, ex)
                 runs[side].append(r)
-                print(f"  round {k + 1} {side:15s} {r['tokens_per_s']:8,.0f} tokens/s  {r['wall_s']:6.1f} s  "
-                      f"train loss {r['final_loss']:.3f}  held-out loss {r['eval_loss']:.3f}", flush=True)
-    res = {s: summarise(rs) for s, rs in runs.items()}
+                print(f"  round {k + 1} {side:15s} {r['tokens_per_s']:8,.0f} tokens/s ({r['timed_steps']} steps, "
+                      f"{r['timed_s']:.1f} s)  train peak Δ {r['train_delta_mb']:5,.0f} MB (peak "
+                      f"{r['train_peak_mb']:,.0f}, process {r['peak_rss_mb']:,.0f})  train loss "
+                      f"{r['final_loss']:.3f}  held-out loss {r['eval_loss']:.3f}", flush=True)
+    res = {s: summarise(rs, env["matmul_peak_flops"]) for s, rs in runs.items()}
     print("\n" + report(res, env, args))
     if args.json:
         Path(args.json).write_text(json.dumps(dict(env=env, args=vars(args), data=ex, results=res), indent=1))
