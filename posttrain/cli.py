@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import pkgutil
+import re
 import sys
 
 from posttrain import __version__
@@ -35,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
         "and prove what each stage did. Run `posttrain COMMAND --help` for each command.",
     )
     parser.add_argument("--version", action="version", version=f"posttrain {__version__}")
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for mod in _command_modules():
         p = sub.add_parser(
@@ -44,8 +46,42 @@ def build_parser() -> argparse.ArgumentParser:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         mod.add_arguments(p)
+        _accept_debug(p)
         p.set_defaults(_run=mod.run)
     return parser
+
+
+DEBUG_HELP = "On an error, also print the Python traceback (errors are otherwise one paragraph)."
+
+
+def one_paragraph(e: BaseException) -> str | None:
+    """The one-paragraph message for an error caused by the user's input, or None for anything else (a bug).
+
+    PosttrainError says what to do itself; undecodable text and a file that cannot be opened are
+    named here, for the paths that do not check them first (e.g. standard input).
+    """
+    if isinstance(e, PosttrainError):
+        text = str(e)
+    elif isinstance(e, UnicodeDecodeError):
+        text = (f"the input is not valid UTF-8: byte 0x{e.object[e.start]:02x} at byte offset {e.start} ({e.reason}). "
+                f"Save it as UTF-8.")
+    elif isinstance(e, OSError) and e.filename is not None and e.strerror:
+        text = f"{e.filename}: {e.strerror}."
+    else:
+        return None
+    return re.sub(r"\s*\n\s*", " ", text.strip())  # one paragraph, whatever the message held
+
+
+def _accept_debug(parser: argparse.ArgumentParser) -> None:
+    """--debug after the command too (`posttrain config show sft --debug`), in nested subcommands as well.
+
+    SUPPRESS: a `posttrain --debug sft` given before the command is not reset by the subcommand's default.
+    """
+    parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _accept_debug(sub)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,12 +96,15 @@ def main(argv: list[str] | None = None) -> int:
         hf_logging.disable_progress_bar()
     try:
         return int(args._run(args) or 0)
-    except PosttrainError as e:
-        print(f"posttrain {args.command}: error: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as e:
+        message = one_paragraph(e)
+        if message is None or args.debug:
+            raise
+        print(f"posttrain {args.command}: error: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -12,6 +12,10 @@ token the model sampled. A token the runtime injects (a tool result, later)
 goes through the same loop from `Row.forced` with mask 0, so loss masking and
 tool use share one mechanism.
 
+A prompt must leave room for the reply in the model's context (posttrain.context_window): an overlong
+one is an error, or cut from the left with `overlong_prompt="truncate"`; one that fits with less room
+than max_new_tokens gets a shorter reply budget. Each case is announced on stderr.
+
 Under bf16 autocast the transformer body runs in bf16 but the LM head runs in
 fp32 (`head_in_fp32`), so the log-probabilities the engine reports, and samples
 from, are the fp32 log-softmax of fp32 logits.
@@ -26,6 +30,16 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from posttrain.console import notice
+from posttrain.context_window import (
+    OverlongPromptError,
+    bounded_ids,
+    check_overlong_mode,
+    context_length,
+    describe,
+    fit,
+    max_token_chars,
+)
 from posttrain.data.chat import end_of_turn_token_ids, render_generation_prompt
 from posttrain.errors import PosttrainError
 from posttrain.models import autocast, head_in_fp32, resolve_dtype
@@ -74,6 +88,7 @@ class Row:
     """One sequence being generated."""
 
     prompt_ids: list[int]
+    max_new_tokens: int  # the reply budget: params.max_new_tokens, or less where the context leaves less room
     token_ids: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     mask: list[int] = field(default_factory=list)
@@ -103,8 +118,14 @@ def pick_tokens(logits: torch.Tensor, params: SamplingParams, generator: torch.G
 
 
 class Engine:
-    def __init__(self, model, tokenizer, batch_size: int = 32, dtype: str = "auto"):
+    def __init__(self, model, tokenizer, batch_size: int = 32, dtype: str = "auto", overlong_prompt: str = "error"):
+        """overlong_prompt: what to do with a prompt that leaves no room for a reply in the model's
+        context: "error" (raise OverlongPromptError naming it) or "truncate" (keep its last tokens)."""
+        check_overlong_mode(overlong_prompt)
         self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
+        self.overlong_prompt = overlong_prompt
+        self.context = context_length(model, tokenizer)  # None: unknown, prompts are not checked
+        self._max_token_chars: int | None = None
         self.device = next(model.parameters()).device
         self.dtype = resolve_dtype(dtype, self.device)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -114,17 +135,37 @@ class Engine:
         self.cache_arg = "cache" if "cache" in forward_args else "past_key_values"
         self.keep_last_logits = "logits_to_keep" in forward_args
 
-    def chat(self, conversations: list[list[dict]], params: SamplingParams) -> list[Completion]:
+    def chat(self, conversations: list[list[dict]], params: SamplingParams, labels: list[str] | None = None
+             ) -> list[Completion]:
         """Generate the next assistant turn of each conversation (rendered with the chat template)."""
-        return self.generate([render_generation_prompt(self.tokenizer, m) for m in conversations], params)
+        prompts = [render_generation_prompt(self.tokenizer, m) for m in conversations]
+        names = labels or [_excerpt(f"conversation {i}, last message", str(m[-1].get("content", "")) if m else "")
+                           for i, m in enumerate(conversations)]
+        return self.generate(prompts, params, names)
 
-    def generate(self, prompts: list[str] | list[list[int]], params: SamplingParams) -> list[Completion]:
-        """Continue each prompt. Strings are tokenized as written (no BOS added: chat templates write their own)."""
-        tokenize = lambda p: self.tokenizer(p, add_special_tokens=False)["input_ids"]
-        ids = [tokenize(p) if isinstance(p, str) else list(p) for p in prompts]
-        for i, p in enumerate(ids):
+    def encode_prompt(self, prompt: str) -> tuple[list[int], bool]:
+        """(ids, whole): the prompt's token ids, or, for a prompt surely longer than the context, those of a
+        tail of it still longer than the context (whole=False). Megabytes of text are not tokenised."""
+        encode = lambda text: self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if self.context is None:
+            return encode(prompt), True
+        if self._max_token_chars is None:
+            self._max_token_chars = max_token_chars(self.tokenizer)
+        return bounded_ids(encode, prompt, self.context, self._max_token_chars)
+
+    def generate(self, prompts: list[str] | list[list[int]], params: SamplingParams,
+                 labels: list[str] | None = None) -> list[Completion]:
+        """Continue each prompt. Strings are tokenized as written (no BOS added: chat templates write their own).
+
+        labels name the prompts in errors and notices (default "prompt 0", "prompt 1", ...).
+        """
+        measured = [self.encode_prompt(p) if isinstance(p, str) else (list(p), True) for p in prompts]
+        for i, (p, _) in enumerate(measured):
             if not p:
                 raise PosttrainError(f"prompt {i} is empty; give the model at least one token to continue.")
+        names = labels or [_excerpt(f"prompt {i}", p) if isinstance(p, str) else f"prompt {i}"
+                           for i, p in enumerate(prompts)]
+        ids, budgets = self._fit_to_context(prompts, measured, params, names)
         stop_ids = params.stop_token_ids
         stop_ids = set(default_stop_token_ids(self.tokenizer) if stop_ids is None else stop_ids)
         generator = torch.Generator(self.device).manual_seed(params.seed)
@@ -137,12 +178,43 @@ class Engine:
             with torch.inference_mode(), autocast(self.dtype, self.device), head_in_fp32(self.model, self.device):
                 for start in range(0, len(order), self.batch_size):
                     batch = order[start : start + self.batch_size]
-                    rows = self._generate_batch([ids[i] for i in batch], params, stop_ids, generator)
+                    rows = [Row(prompt_ids=ids[i], max_new_tokens=budgets[i]) for i in batch]
+                    self._generate_batch(rows, params, stop_ids, generator)
                     for i, row in zip(batch, rows):
                         results[i] = self._completion(row, params, stop_ids)
         finally:
             self.model.train(was_training)
         return results
+
+    def _fit_to_context(self, prompts, measured, params: SamplingParams, names: list[str]):
+        """(prompt ids, reply budget) of each prompt, cut or budgeted to fit the context (see the module doc)."""
+        truncate, context = self.overlong_prompt == "truncate", self.context
+        plans = [fit(len(ids), params.max_new_tokens, context, truncate) for ids, _ in measured]
+        overlong = [i for i, plan in enumerate(plans) if plan is None]
+        if overlong:
+            i = overlong[0]
+            ids, whole = measured[i]
+            size = (f"is {len(ids)} tokens long" if whole else
+                    f"is longer than {context} tokens ({len(prompts[i]):,} characters)")
+            others = f" ({len(overlong) - 1} more prompts are too long as well)" if len(overlong) > 1 else ""
+            keep = fit(len(ids), params.max_new_tokens, context, truncate=True)[0]
+            raise OverlongPromptError(
+                f"{names[i]} {size}, but the model's context is {context} tokens and the reply needs at least "
+                f"one of them{others}. Shorten the prompt, or pass --overlong truncate (Engine overlong_prompt="
+                f"'truncate') to keep only its last {keep} tokens.")
+        cut = [i for i, (ids, _) in enumerate(measured) if plans[i][0] < len(ids)]
+        short = [i for i, plan in enumerate(plans) if plan[1] < params.max_new_tokens and i not in cut]
+        if cut:
+            keep, room = plans[cut[0]]
+            notice(f"cut {describe([names[i] for i in cut])} to the last {keep} tokens, leaving {room} for the "
+                   f"reply in the model's context of {context} tokens (--overlong truncate)")
+        if short:
+            verb = "leaves" if len(short) == 1 else "leave"
+            notice(f"{describe([names[i] for i in short])} {verb} room for only {min(plans[i][1] for i in short)} "
+                   f"of the {params.max_new_tokens} new tokens asked (max_new_tokens) in the model's context of "
+                   f"{context} tokens; the reply stops where the context ends")
+        return ([ids[len(ids) - plan[0]:] for (ids, _), plan in zip(measured, plans)],
+                [plan[1] for plan in plans])
 
     def _forward(self, input_ids, attention_mask, position_ids, cache):
         """Run the model on new tokens after `cache` (None: a new one, for the prefill).
@@ -155,8 +227,8 @@ class Engine:
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **kwargs)
         return out.logits[:, -1, :], getattr(out, self.cache_arg)
 
-    def _generate_batch(self, prompts: list[list[int]], params, stop_ids: set[int], generator) -> list[Row]:
-        rows = [Row(prompt_ids=p) for p in prompts]
+    def _generate_batch(self, rows: list[Row], params, stop_ids: set[int], generator) -> None:
+        prompts = [r.prompt_ids for r in rows]
         width = max(len(p) for p in prompts)
         input_ids = torch.tensor([[self.pad_id] * (width - len(p)) + p for p in prompts], device=self.device)
         attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device)
@@ -165,7 +237,7 @@ class Engine:
         logits, cache = self._forward(input_ids, attention_mask, position_ids, None)
         positions = position_ids[:, -1]
 
-        for _ in range(params.max_new_tokens):
+        for _ in range(max(r.max_new_tokens for r in rows)):
             active = [r.finish_reason is None for r in rows]
             sampled = pick_tokens(logits, params, generator).tolist()
             tokens = []
@@ -195,7 +267,6 @@ class Engine:
             logits, cache = self._forward(next_ids, attention_mask, positions[:, None], cache)
         for row in rows:
             row.finish_reason = row.finish_reason or "length"
-        return rows
 
     def _finish_reason(self, row: Row, params: SamplingParams, stop_ids: set[int]) -> str | None:
         if row.forced:
@@ -204,7 +275,7 @@ class Engine:
             return "stop"
         if params.stop_strings and self._has_stop_string(row.token_ids, params.stop_strings):
             return "stop"
-        if len(row.token_ids) >= params.max_new_tokens:
+        if len(row.token_ids) >= row.max_new_tokens:
             return "length"
         return None
 
@@ -223,3 +294,8 @@ class Engine:
         if cuts:
             text = text[: min(cuts)]
         return Completion(row.prompt_ids, row.token_ids, text, row.logprobs, row.mask, row.finish_reason)
+
+
+def _excerpt(name: str, text: str, n: int = 30) -> str:
+    """'prompt 3 ('The start of it...')': names a prompt in errors and notices."""
+    return f"{name} ({text[:n]!r}{'...' if len(text) > n else ''})"

@@ -9,20 +9,39 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import os
+import re
+import struct
 import time
 from pathlib import Path
 
 import torch
 
-from posttrain.errors import PosttrainError
+from posttrain.errors import PosttrainError, bad_utf8
 
 DTYPES = ("auto", "fp32", "bf16")
 
 
-def resolve_device(device: str = "auto") -> torch.device:
+DEVICE_PATTERN = r"auto|cpu|cuda(:[0-9]+)?"
+
+
+def resolve_device(device: str = "auto", option: str = "--device") -> torch.device:
+    """`auto`, `cpu`, `cuda` or `cuda:N` -> a torch.device that exists here; else an error naming `option`."""
+    if isinstance(device, torch.device):
+        return device
+    if not isinstance(device, str) or not re.fullmatch(DEVICE_PATTERN, device):
+        raise PosttrainError(f"{option} {device!r} is not a device posttrain knows; use auto, cpu, cuda or cuda:N.")
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise PosttrainError(f"{option} is '{device}', but PyTorch sees no CUDA GPU on this machine (a CPU-only "
+                                 f"build of torch {torch.__version__}, or no driver); use cpu or auto.")
+        index = int(device.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise PosttrainError(f"{option} is '{device}', but this machine has {torch.cuda.device_count()} CUDA "
+                                 f"GPU(s), numbered from 0; use cuda:0 to cuda:{torch.cuda.device_count() - 1}.")
     return torch.device(device)
 
 
@@ -121,49 +140,139 @@ def device_name(device: torch.device) -> str:
     return f"{cpu_name()} ({torch.get_num_threads()} threads)"
 
 
-def _check_model_dir(path: Path) -> None:
+# Files from which transformers builds a tokenizer (fast, sentencepiece, BPE vocab, WordPiece, tiktoken).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model", "vocab.txt", "tokenizer.tiktoken")
+REMOTE_CODE_FIX = ("posttrain runs such code only when asked: if you trust it (you have read the .py files there), "
+                   "add --set model.trust_remote_code=true; otherwise use a model that transformers supports itself.")
+
+
+def _check_dir(path: Path) -> None:
     if not path.is_dir():
         raise PosttrainError(
             f"model directory '{path}' does not exist. Pass --model with a local transformers model "
             "directory or a posttrain artifact (nothing is downloaded)."
         )
-    if not (path / "config.json").exists():
+    if not any(path.iterdir()):
+        raise PosttrainError(f"model directory '{path}' is empty. Pass --model with a directory that holds a "
+                             f"model (config.json, *.safetensors) and its tokenizer, as save_pretrained writes them.")
+
+
+def safetensors_problem(path: Path) -> str | None:
+    """Why a .safetensors file cannot be loaded (truncated, empty, a corrupt header), or None if it looks whole.
+
+    Reads only the header: 8 bytes of header length, the JSON header, and the file size it implies.
+    """
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            return f"is {size} bytes long, too short to be a safetensors file"
+        (n,) = struct.unpack("<Q", head)
+        if n > min(size - 8, 100_000_000):
+            return f"is truncated or not a safetensors file (its header claims {n} bytes; the file has {size})"
+        try:
+            header = json.loads(f.read(n))
+            ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"]
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+            return "has a corrupt header (not the JSON table of tensors safetensors writes)"
+    expected = 8 + n + max(ends, default=0)
+    if size != expected:
+        state = "truncated" if size < expected else "damaged"
+        return f"is {size} bytes long, but its header describes {expected} bytes: the file is {state}"
+    return None
+
+
+def check_model_dir(path: str | Path) -> None:
+    """A model directory that posttrain can load: config.json (valid JSON) and whole safetensors weights.
+
+    Cheap (reads headers only), so stages call it before loading the tokenizer or reading data.
+    """
+    path = Path(path)
+    _check_dir(path)
+    config = path / "config.json"
+    if not config.exists():
         raise PosttrainError(f"'{path}' has no config.json, so it is not a transformers model directory.")
-    if not list(path.glob("*.safetensors")):
+    raw = config.read_bytes()
+    try:
+        json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise PosttrainError(f"'{config}' {bad_utf8(raw, e)}; the model directory is damaged. Copy config.json "
+                             f"again from where the model came from.") from e
+    except ValueError as e:
+        raise PosttrainError(f"'{config}' is not valid JSON ({e}); the model directory is damaged. Copy config.json "
+                             f"again from where the model came from.") from e
+    weights = sorted(path.glob("*.safetensors"))
+    if not weights:
         raise PosttrainError(
             f"'{path}' holds no .safetensors weights. posttrain loads safetensors only (pickle-based .bin "
             "files can run code on load); convert them with `transformers` save_pretrained(safe_serialization=True)."
         )
+    for w in weights:
+        problem = safetensors_problem(w)
+        if problem:
+            raise PosttrainError(f"'{w}' {problem}. Copy the weights again from where the model came from (or "
+                                 f"save the model again with save_pretrained).")
+
+
+def _remote_code_error(path) -> PosttrainError:
+    return PosttrainError(f"'{path}' ships its own model code (auto_map in config.json or tokenizer_config.json), "
+                          f"which would run on this machine when loaded. {REMOTE_CODE_FIX}")
 
 
 def load_tokenizer(path: str | Path, trust_remote_code: bool = False):
+    """The tokenizer of a model (or tokenizer) directory; a directory without one is an error saying so."""
     from transformers import AutoTokenizer
 
-    if not Path(path).is_dir():
-        raise PosttrainError(
-            f"model directory '{path}' does not exist. Pass --model with a local transformers model "
-            "directory or a posttrain artifact (nothing is downloaded)."
-        )
-    tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code, local_files_only=True)
+    path = Path(path)
+    _check_dir(path)
+    if not any((path / f).exists() for f in TOKENIZER_FILES):
+        raise PosttrainError(f"'{path}' holds no tokenizer (none of {', '.join(TOKENIZER_FILES)}). Save the tokenizer "
+                             f"beside the weights with tokenizer.save_pretrained('{path}'), or pass --model with the "
+                             f"directory that has both.")
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code, local_files_only=True)
+    except ValueError as e:
+        if "trust_remote_code" in str(e):
+            raise _remote_code_error(path) from e
+        raise PosttrainError(f"the tokenizer in '{path}' cannot be loaded: {_first_line(e)}. Save it again with "
+                             f"tokenizer.save_pretrained.") from e
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise PosttrainError(f"the tokenizer in '{path}' cannot be loaded: {_first_line(e)}. A tokenizer file is "
+                             f"damaged; copy it again, or save it again with tokenizer.save_pretrained.") from e
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
 
 
+def _first_line(e: Exception) -> str:
+    text = str(e).strip().splitlines()
+    return text[0].rstrip(".") if text else type(e).__name__
+
+
 def load_model(path: str | Path, device: str | torch.device = "auto", trust_remote_code: bool = False):
     """Load a causal LM in fp32 master weights (bf16 runs through autocast) on `device`."""
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
 
     path = Path(path)
-    _check_model_dir(path)
-    model = AutoModelForCausalLM.from_pretrained(
-        str(path),
-        dtype=torch.float32,
-        use_safetensors=True,
-        trust_remote_code=trust_remote_code,
-        local_files_only=True,
-    )
-    return model.to(resolve_device(device) if isinstance(device, str) else device)
+    check_model_dir(path)
+    device = resolve_device(device)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            str(path),
+            dtype=torch.float32,
+            use_safetensors=True,
+            trust_remote_code=trust_remote_code,
+            local_files_only=True,
+        )
+    except ValueError as e:
+        if "trust_remote_code" in str(e):
+            raise _remote_code_error(path) from e
+        raise
+    except (SafetensorError, OSError) as e:
+        raise PosttrainError(f"the model in '{path}' cannot be loaded: {_first_line(e)}. Copy the model again from "
+                             f"where it came from.") from e
+    return model.to(device)
 
 
 def load_model_and_tokenizer(path: str | Path, device: str | torch.device = "auto", trust_remote_code: bool = False):

@@ -24,29 +24,35 @@ left alone unless `overwrite` (`posttrain run --overwrite`); see docs/safety.md.
 from __future__ import annotations
 
 import copy
+import difflib
 import hashlib
 import json
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
-
+from typing import Any
 
 from posttrain.artifacts import sha256_path, write_json_atomic
-from posttrain.config import read_yaml_mapping
-from posttrain.errors import ConfigError, OutputError
+from posttrain.config import from_dict, load_config, read_yaml_mapping
+from posttrain.errors import ConfigError, OutputError, PosttrainError
 from posttrain.outputs import check_output, clean_stale_temporaries, describe, refuse_protected
 
 KINDS = ("world", "tokenizer", "pretrain", "sft", "eval")
 MODEL_KINDS = ("pretrain", "sft")
 STATE = "recipe_state.json"
+TOP_KEYS = ("name", "base", "stages", "quick", "publish")
+# Keys a stage entry takes besides `name`, `stage` and the fields of its options class (stages.registry).
+ENTRY_KEYS = {"world": (), "tokenizer": ("data",), "pretrain": ("model", "data", "config"),
+              "sft": ("model", "data", "config"), "eval": ("model",)}
 
 
 @dataclass
 class StageSpec:
     name: str
     kind: str
-    raw: dict  # the stage entry as written (options validated by the stage)
+    raw: dict  # the stage entry as written
+    options: Any = None  # world/tokenizer/eval: its typed options (pretrain/sft: loaded with references resolved)
 
 
 @dataclass
@@ -65,13 +71,63 @@ def _merge(a: dict, b: dict) -> dict:
     return out
 
 
+def _unknown_key(where: str, key, allowed) -> ConfigError:
+    close = difflib.get_close_matches(str(key), list(allowed), n=1)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    return ConfigError(f"{where}: unknown key '{key}'.{hint} Allowed here: {', '.join(allowed)}.")
+
+
+def check_stage(path: Path, name: str, kind: str, entry: dict, has_model: bool):
+    """Check one stage entry's keys and values before anything runs; return its typed options.
+
+    world/tokenizer/eval: their options class (stages.registry.recipe_stage_configs) from the entry's keys;
+    pretrain/sft: the stage config from `config:` (references stay unresolved strings until the stage runs).
+    """
+    from posttrain.stages.registry import recipe_stage_configs, stage_configs
+
+    where = f"recipe '{path}', stage '{name}' ({kind})"
+    cls = recipe_stage_configs().get(kind)
+    option_keys = [f.name for f in fields(cls)] if cls else []
+    allowed = ["name", "stage", *ENTRY_KEYS[kind], *option_keys]
+    for key in entry:
+        if key not in allowed:
+            raise _unknown_key(where, key, allowed)
+    for key in ("model", "data"):
+        if key in entry and not isinstance(entry[key], str):
+            raise ConfigError(f"{where}: '{key}' must be a path (a string), got {entry[key]!r}.")
+    if "data" in ENTRY_KEYS[kind] and "data" not in entry:
+        raise ConfigError(f"{where}: needs 'data' (a data file, or @STAGE/file for an earlier stage's output).")
+    if "model" in ENTRY_KEYS[kind] and not (has_model or entry.get("model")):
+        raise ConfigError(f"stage '{name}' needs a model: set 'model' on it or 'base' on the recipe ({path}).")
+    if not isinstance(entry.get("config", {}), dict):
+        raise ConfigError(f"{where}: 'config' must be a mapping of options (docs/options.md), got {entry['config']!r}.")
+    try:
+        if cls is None:
+            return load_config(stage_configs()[kind], overrides=_flatten(entry.get("config") or {}), stage=kind)
+        options = from_dict(cls, {k: entry[k] for k in option_keys if k in entry})
+        if kind == "eval" and options.probes:
+            from posttrain.evals.probe import get_probes
+
+            get_probes(options.probes)
+        return options
+    except PosttrainError as e:
+        raise ConfigError(f"{where}: {'config: ' if cls is None else ''}{e}") from e
+
+
 def load_recipe(path: str | Path, quick: bool = False) -> Recipe:
     path = Path(path)
     data = read_yaml_mapping(path, "recipe", "a mapping with a non-empty 'stages' list")
+    for key in data:
+        if key not in TOP_KEYS:
+            raise _unknown_key(f"recipe '{path}'", key, TOP_KEYS)
     if not isinstance(data.get("stages"), list) or not data["stages"]:
         raise ConfigError(f"recipe '{path}' needs a non-empty 'stages' list.")
     quick_over = data.get("quick") or {}
+    if not isinstance(quick_over, dict) or not all(isinstance(v, dict) for v in quick_over.values()):
+        raise ConfigError(f"recipe '{path}': 'quick' must map stage names to options, "
+                          f"e.g. quick: {{sft: {{config: ...}}}}.")
     stages, seen = [], set()
+    has_model = data.get("base") is not None
     for i, entry in enumerate(data["stages"]):
         if not isinstance(entry, dict) or "stage" not in entry:
             raise ConfigError(f"recipe '{path}', stage {i + 1}: needs a 'stage' key (one of {', '.join(KINDS)}).")
@@ -79,23 +135,33 @@ def load_recipe(path: str | Path, quick: bool = False) -> Recipe:
         if kind not in KINDS:
             raise ConfigError(f"recipe '{path}', stage {i + 1}: unknown stage '{kind}'; choose one of {', '.join(KINDS)}.")
         name = entry.get("name", kind)
+        if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
+            raise ConfigError(f"recipe '{path}', stage {i + 1}: name {name!r} must be a plain folder name (no '/').")
         if name in seen:
             raise ConfigError(f"recipe '{path}': two stages are named '{name}'; give each a unique name.")
         seen.add(name)
-        if quick and name in quick_over:
-            entry = _merge(entry, quick_over[name])
+        quick_entry = _merge(entry, quick_over[name]) if name in quick_over else entry
+        options = check_stage(path, name, kind, quick_entry, has_model)
+        if quick_entry is not entry:  # a typo in 'quick' must not wait for a --quick run
+            plain = check_stage(path, name, kind, entry, has_model)
+            entry, options = (quick_entry, options) if quick else (entry, plain)
+        has_model = has_model or kind in MODEL_KINDS
         earlier = [s.name for s in stages]
         for ref in _refs(entry):  # a typo in the last stage must not wait for the first ones to finish
             if ref[1:].partition("/")[0] not in earlier:
                 raise ConfigError(f"recipe '{path}', stage '{name}': reference '{ref}' names no earlier stage "
                                   f"(earlier: {', '.join(earlier) or 'none'}).")
-        stages.append(StageSpec(name, kind, entry))
+        stages.append(StageSpec(name, kind, entry, options if kind not in MODEL_KINDS else None))
     unknown = set(quick_over) - seen
     if unknown:
         raise ConfigError(f"recipe '{path}': 'quick' names unknown stages: {', '.join(sorted(unknown))}.")
     publish = data.get("publish")
-    if publish is not None and (not isinstance(publish, dict) or publish.get("stage") not in seen or not publish.get("to")):
+    if publish is not None and (not isinstance(publish, dict) or publish.get("stage") not in seen
+                                or not isinstance(publish.get("to"), str) or not publish["to"]):
         raise ConfigError(f"recipe '{path}': 'publish' needs 'stage' (a stage name) and 'to' (a path).")
+    for key in publish or {}:
+        if key not in ("stage", "to"):
+            raise _unknown_key(f"recipe '{path}', publish", key, ("stage", "to"))
     if quick:
         publish = None  # a smoke run never overwrites a published artifact
     return Recipe(data.get("name", path.stem), path, data.get("base"), stages, publish)
@@ -231,23 +297,22 @@ class Runner:
             print(msg, flush=True)
 
     def _run_stage(self, spec: StageSpec, model_ref, out: Path, resume: bool) -> None:
-        raw = spec.raw
+        raw, opts = spec.raw, spec.options
         if spec.kind == "world":
             from posttrain.world.build import build_world
 
-            build_world(int(raw.get("seed", 0)), out, float(raw.get("scale", 1.0)))
+            build_world(opts.seed, out, opts.scale, probe_n=opts.probe_n)
             return
         data = self.resolve(raw["data"]) if "data" in raw else None
         if spec.kind == "tokenizer":
             from posttrain.stages.tokenizer import train_tokenizer
 
-            train_tokenizer(data, out, int(raw.get("vocab_size", 4096)), overwrite=True)
+            train_tokenizer(data, out, opts.vocab_size, opts.min_frequency, overwrite=True)
             return
         if model_ref is None:
             raise ConfigError(f"stage '{spec.name}' needs a model: set 'model' on it or 'base' on the recipe.")
         model = self.resolve(model_ref)
         if spec.kind in MODEL_KINDS:
-            from posttrain.config import load_config
             from posttrain.stages.registry import stage_configs
 
             if data is None:
@@ -270,10 +335,9 @@ class Runner:
             from posttrain.models import load_model_and_tokenizer
 
             m, tok = load_model_and_tokenizer(model)
-            source = str(self.resolve(raw["source"])) if raw.get("source") else None
-            report = run_probes(m, tok, probes=raw.get("probes"), source=source, n=raw.get("n"),
-                                batch_size=int(raw.get("batch_size", 64)), progress=self.progress,
-                                model_name=str(model_ref))
+            source = str(self.resolve(opts.source)) if opts.source else None
+            report = run_probes(m, tok, probes=opts.probes, source=source, n=opts.n, batch_size=opts.batch_size,
+                                progress=self.progress, model_name=str(model_ref))
             out.mkdir(parents=True, exist_ok=True)
             report.save(out / "eval_report.json")
             return

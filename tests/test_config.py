@@ -7,10 +7,10 @@ import pytest
 import yaml
 
 from posttrain.cli import main
-from posttrain.config import _leaf_paths, load_config, opt, options_markdown, parse_override, resolve_key
+from posttrain.config import _leaf_paths, load_config, opt, parse_override, resolve_key
 from posttrain.errors import ConfigError
 from posttrain.stages.pretrain import PretrainConfig
-from posttrain.stages.registry import stage_configs
+from posttrain.stages.registry import options_page, recipe_stage_configs, stage_configs
 from posttrain.stages.sft import SFTConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -202,23 +202,28 @@ def test_optional_fields_accept_null():
 
 def test_docs_options_md_is_generated_from_the_config_classes():
     text = (ROOT / "docs" / "options.md").read_text()
-    assert text == options_markdown(stage_configs()), "docs/options.md is stale: run `posttrain config docs`"
+    assert text == options_page(), "docs/options.md is stale: run `posttrain config docs`"
 
 
-def test_options_markdown_lists_every_key_with_its_default():
-    text = options_markdown(stage_configs())
-    for stage, cls in stage_configs().items():
+def test_options_markdown_lists_every_key_with_its_default_and_range():
+    text = options_page()
+    for stage, cls in {**stage_configs(), **recipe_stage_configs()}.items():
         assert f"## `{stage}`" in text
         for path in _leaf_paths(cls):
             assert f"| `{'.'.join(path)}` |" in text
-    assert "| `train.lr` | float | `0.003` |" in text  # pretrain's default
-    assert "| `train.lr` | float | `0.0002` |" in text  # sft's default
+    assert "| `train.lr` | float | `0.003` | in (0, 1e+30] |" in text  # pretrain's default
+    assert "| `train.lr` | float | `0.0002` | in (0, 1e+30] |" in text  # sft's default
+    assert "| `train.max_steps` | int | `-1` | >= 1 or -1 |" in text
+    assert "| `data.eval_fraction` | float | `0.05` | in [0, 1) |" in text
+    assert "| `data.limit` | int or none | `None` | >= 1 |" in text
+    assert "| `model.dtype` | str | `'auto'` | `auto`, `fp32`, `bf16` |" in text
+    assert "| `n` | int or none | `None` | >= 1 |" in text  # the eval recipe stage
 
 
 def test_config_docs_check_detects_a_stale_page(tmp_path, capsys):
     page = tmp_path / "options.md"
     assert main(["config", "docs", "--out", str(page)]) == 0
-    assert page.read_text() == options_markdown(stage_configs())
+    assert page.read_text() == options_page()
     assert main(["config", "docs", "--out", str(page), "--check"]) == 0
     page.write_text(page.read_text().replace("Peak learning rate", "Learning rate"))
     assert main(["config", "docs", "--out", str(page), "--check"]) == 1

@@ -65,7 +65,7 @@ def test_generate_raw_continues_text_and_prints_to_stdout(tiny_llama_dir, engine
         ('["a list"]', None),
         ('{"question": "no prompt field"}', "prompt"),
         ('{"prompt": 3}', "prompt"),
-        ('{"messages": [{"role": "user"}]}', "messages"),
+        ('{"messages": [{"role": "user"}]}', "messages[0].content"),  # checked as SFT data is
     ],
 )
 def test_generate_bad_line_names_file_line_and_field(tiny_llama_dir, tmp_path, capsys, bad_line, field):

@@ -326,12 +326,33 @@ def assert_only_good_checkpoints(ckpts: Path):
         assert max(float(t.abs().max()) for t in tensors.values()) < 1e4
 
 
-@pytest.mark.parametrize("lr,what", [("1e30", "the largest trained weight is 1e+30, above the limit 1e+04"),
-                                     ("inf", "after the update a trained weight is nan")])
-def test_diverging_lr_keeps_no_bad_weights_and_the_advice_works(tiny_llama_dir, chat_file, tmp_path, capsys, lr, what):
+def nan_after_first_update(monkeypatch):
+    """AdamW whose first update leaves every weight nan (what an overflowing update does)."""
+    real_step = torch.optim.AdamW.step
+
+    def nan_step(self, *a, **k):
+        out = real_step(self, *a, **k)
+        with torch.no_grad():
+            for g in self.param_groups:
+                for p in g["params"]:
+                    p.fill_(float("nan"))
+        return out
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", nan_step)
+
+
+# lr=inf is refused by the config's range (a finite lr > 0, at most 1e30); a non-finite update is patched in instead.
+@pytest.mark.parametrize("blow_up,what", [("lr=1e30", "the largest trained weight is 1e+30, above the limit 1e+04"),
+                                          ("nan", "after the update a trained weight is nan")])
+def test_diverging_lr_keeps_no_bad_weights_and_the_advice_works(tiny_llama_dir, chat_file, tmp_path, capsys,
+                                                                blow_up, what):
     out = tmp_path / "sft"
-    argv = sft_args(tiny_llama_dir, chat_file, out, "--set", f"train.lr={lr}", "--set", "train.save_every=1")
-    err = refused(capsys, argv, "step 1: ", what, "nothing to resume")
+    extra = ["--set", "train.lr=1e30"] if blow_up == "lr=1e30" else []
+    argv = sft_args(tiny_llama_dir, chat_file, out, *extra, "--set", "train.save_every=1")
+    with pytest.MonkeyPatch.context() as mp:
+        if blow_up == "nan":
+            nan_after_first_update(mp)
+        err = refused(capsys, argv, "step 1: ", what, "nothing to resume")
     assert not out.exists()
     assert_only_good_checkpoints(tmp_path / "sft.checkpoints")
     advice = re.search(r"rerun the same command adding (--set train\.lr=\S+) to start again", err).group(1)

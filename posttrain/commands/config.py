@@ -25,9 +25,9 @@ def run(args) -> int:
 
     import yaml
 
-    from posttrain.config import load_config, options_markdown, options_table, to_dict
+    from posttrain.config import TABLE_HEAD, load_config, options_table, to_dict
     from posttrain.errors import ConfigError
-    from posttrain.stages.registry import stage_configs
+    from posttrain.stages.registry import options_page, stage_configs
 
     configs = stage_configs()
     if args.action == "show":
@@ -37,9 +37,9 @@ def run(args) -> int:
         if args.config or args.set:
             print(yaml.safe_dump(to_dict(load_config(cls, args.config, args.set, stage=args.stage)), sort_keys=False))
         else:
-            print("\n".join(["| key | type | default | meaning |", "|---|---|---|---|", *options_table(cls)]))
+            print("\n".join([*TABLE_HEAD, *options_table(cls)]))
         return 0
-    text = options_markdown(configs)
+    text = options_page()
     out = Path(args.out)
     if args.check:
         if not out.exists() or out.read_text() != text:

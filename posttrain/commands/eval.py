@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from posttrain.commands.generate import add_overlong_argument
 from posttrain.errors import PosttrainError
 
 NAME = "eval"
@@ -34,6 +35,8 @@ Probes (chat probes use the model's chat template and greedy decoding):
 
 Proportions get Wilson 95% intervals, means mean +- 1.96 sd/sqrt(n).
 Without --data the prompts come from the built-in world (seed 0).
+A prompt that leaves no room for the reply in the model's context stops the eval
+naming the probe and the prompt, unless --overlong truncate (then it keeps its last tokens).
 """
 
 
@@ -60,6 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (the built-in probes decode greedily)")
     parser.add_argument("--refusal-classifier", default="xstest", metavar="NAME",
                         help=f"how refusals are detected: {_refusal_classifier_names()} (default xstest)")
+    add_overlong_argument(parser)
 
 
 def run(args) -> int:
@@ -77,7 +81,7 @@ def run(args) -> int:
     report = run_probes(
         model, tokenizer, probes=probes, source=args.data, n=args.n, batch_size=args.batch_size,
         dtype=args.dtype, seed=args.seed, refusal_classifier=args.refusal_classifier,
-        progress=True, model_name=str(artifact),
+        progress=True, model_name=str(artifact), overlong_prompt=args.overlong,
     )
     out = Path(args.out) if args.out else artifact / "eval_report.json"
     report.save(out)

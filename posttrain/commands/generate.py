@@ -6,6 +6,8 @@ import json
 import sys
 from pathlib import Path
 
+from posttrain.context_window import OVERLONG_MODES
+from posttrain.data.formats import check_messages
 from posttrain.errors import DataError, PosttrainError
 
 NAME = "generate"
@@ -24,6 +26,10 @@ Other fields are copied to the output row, which adds
   "completion" (text), "finish_reason" ("stop" or "length"), "num_tokens", "logprobs" (per token).
 
 Decoding is greedy unless --temperature > 0; a --seed gives the same samples on every run.
+
+A prompt must leave room for the reply in the model's context (max_position_embeddings): one that
+leaves none is an error naming its line (or, with --overlong truncate, is cut to its last tokens);
+one that leaves less than --max-new-tokens gets a shorter reply. Both are announced on stderr.
 
 examples:
   posttrain generate runs/sft --prompts probes.jsonl --out answers.jsonl
@@ -59,6 +65,14 @@ def add_sampling_arguments(parser, max_new_tokens: int = 128) -> None:
     g.add_argument("--seed", type=int, default=0, metavar="S", help="random seed of sampling (default: 0)")
 
 
+def add_overlong_argument(parser) -> None:
+    parser.add_argument(
+        "--overlong", default="error", choices=OVERLONG_MODES,
+        help="a prompt that leaves no room for the reply in the model's context: error (stop, naming it), or "
+        "truncate (keep its last tokens, with a notice) (default: error)",
+    )
+
+
 def sampling_params_from_args(args):
     from posttrain.engine import SamplingParams
 
@@ -68,7 +82,7 @@ def sampling_params_from_args(args):
     )
 
 
-def load_engine(args, batch_size: int = 32):
+def load_engine(args, batch_size: int = 32, overlong_prompt: str = "error"):
     """Load ARTIFACT with its chat template and wrap it in an Engine."""
     from posttrain.data.chat import ensure_chat_template
     from posttrain.engine import Engine
@@ -77,7 +91,7 @@ def load_engine(args, batch_size: int = 32):
     device = resolve_device(args.device)
     model, tokenizer = load_model_and_tokenizer(args.artifact, device)
     ensure_chat_template(tokenizer, args.chat_template)
-    return Engine(model, tokenizer, batch_size=batch_size, dtype=args.dtype)
+    return Engine(model, tokenizer, batch_size=batch_size, dtype=args.dtype, overlong_prompt=overlong_prompt)
 
 
 def add_arguments(parser) -> None:
@@ -89,21 +103,15 @@ def add_arguments(parser) -> None:
                         help='continue "prompt" strings as plain text instead of chat-templating them')
     parser.add_argument("--batch-size", type=int, default=32, metavar="N",
                         help="prompts generated together (default: 32)")
+    add_overlong_argument(parser)
     add_sampling_arguments(parser)
 
 
-def _check_messages(path, line: int, messages) -> None:
-    fix = 'Write "messages" as [{"role": "user", "content": "..."}, ...].'
-    if not isinstance(messages, list) or not messages:
-        raise DataError(path, line, "messages", "must be a non-empty list of messages.", fix)
-    for m in messages:
-        if not (isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
-            raise DataError(path, line, "messages", f"holds {json.dumps(m)[:80]}, not a message with "
-                            'string "role" and "content".', fix)
+def read_prompts(path: str | Path) -> list[tuple[int, dict]]:
+    """Read and check the prompt rows of a JSONL file: (line number, row); blank lines are skipped.
 
-
-def read_prompts(path: str | Path) -> list[dict]:
-    """Read and check the prompt rows of a JSONL file; blank lines are skipped."""
+    "messages" are checked as SFT data checks them (roles, contents), so a file that trains also generates.
+    """
     path = Path(path)
     if not path.exists():
         raise DataError(path, None, None, "does not exist.", "Pass --prompts with a JSONL file.")
@@ -120,14 +128,14 @@ def read_prompts(path: str | Path) -> list[dict]:
             raise DataError(path, line_no, None, "is not a JSON object.",
                             'Write {"prompt": "..."} or {"messages": [...]}.')
         if "messages" in row:
-            _check_messages(path, line_no, row["messages"])
+            check_messages(path, line_no, "messages", row["messages"], need_assistant=False)
         elif "prompt" in row:
             if not isinstance(row["prompt"], str) or not row["prompt"]:
                 raise DataError(path, line_no, "prompt", "must be a non-empty string.", 'Write {"prompt": "..."}.')
         else:
             raise DataError(path, line_no, "prompt", 'is missing: a row needs "prompt" or "messages".',
                             'Write {"prompt": "..."} or {"messages": [{"role": "user", "content": "..."}]}.')
-        rows.append(row)
+        rows.append((line_no, row))
     if not rows:
         raise DataError(path, None, None, "holds no prompts.", 'Write one {"prompt": "..."} per line.')
     return rows
@@ -136,11 +144,12 @@ def read_prompts(path: str | Path) -> list[dict]:
 def run(args) -> int:
     from posttrain.data.chat import render_generation_prompt
 
-    rows = read_prompts(args.prompts)  # data and options are checked before the model loads
+    numbered = read_prompts(args.prompts)  # data and options are checked before the model loads
+    rows = [row for _, row in numbered]
     params = sampling_params_from_args(args)
     if args.batch_size < 1:
         raise PosttrainError(f"--batch-size must be at least 1, got {args.batch_size}.")
-    engine = load_engine(args, batch_size=args.batch_size)
+    engine = load_engine(args, batch_size=args.batch_size, overlong_prompt=args.overlong)
     prompts = []
     for row in rows:
         if "messages" in row:
@@ -149,7 +158,8 @@ def run(args) -> int:
             prompts.append(row["prompt"])
         else:
             prompts.append(render_generation_prompt(engine.tokenizer, [{"role": "user", "content": row["prompt"]}]))
-    completions = engine.generate(prompts, params)
+    labels = [f"the prompt at {args.prompts}, line {n}" for n, _ in numbered]
+    completions = engine.generate(prompts, params, labels=labels)
 
     out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout
     try:

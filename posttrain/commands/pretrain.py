@@ -1,6 +1,6 @@
 """`posttrain pretrain`: causal-LM pretraining."""
 
-from posttrain.stages.common import add_stage_arguments, config_from_args
+from posttrain.stages.common import add_stage_arguments, config_from_args, run_stage_command
 
 NAME = "pretrain"
 ORDER = 12
@@ -23,6 +23,6 @@ def run(args) -> int:
     from posttrain.stages.pretrain import PretrainConfig, run_pretrain
 
     cfg = config_from_args(PretrainConfig, args, "pretrain")
-    run_pretrain(args.model, args.data, args.out, cfg, resume=args.resume, progress=not args.no_progress,
-                 overwrite=args.overwrite, allow_change=args.allow_change, reads={"--config": args.config})
-    return 0
+    return run_stage_command("pretrain", args, lambda: run_pretrain(
+        args.model, args.data, args.out, cfg, resume=args.resume, progress=not args.no_progress,
+        overwrite=args.overwrite, allow_change=args.allow_change, reads={"--config": args.config}))

@@ -28,8 +28,20 @@ def add_arguments(parser):
 def run(args) -> int:
     from posttrain.recipes import Runner, load_recipe
 
+    import shlex
+    import sys
+
+    from posttrain.errors import TrainingInterrupted
+
     recipe = load_recipe(args.recipe, quick=args.quick)
     out = args.out or f"runs/{recipe.name}" + ("-quick" if args.quick else "")
-    outputs = Runner(recipe, out, progress=not args.no_progress, overwrite=args.overwrite).run()
+    try:
+        outputs = Runner(recipe, out, progress=not args.no_progress, overwrite=args.overwrite).run()
+    except TrainingInterrupted as e:
+        again = ["posttrain", "run", args.recipe, "--out", out] + ["--quick"] * args.quick
+        again += ["--overwrite"] * args.overwrite + ["--no-progress"] * args.no_progress
+        print(f"posttrain run: {e} To continue, run: {shlex.join(again)} (finished stages are skipped and this "
+              f"one resumes from its checkpoint).", file=sys.stderr)
+        return 130
     print(f"recipe '{recipe.name}' finished: " + ", ".join(f"{k} -> {v}" for k, v in outputs.items()))
     return 0

@@ -1,6 +1,6 @@
 """`posttrain sft`: supervised fine-tuning."""
 
-from posttrain.stages.common import add_stage_arguments, config_from_args
+from posttrain.stages.common import add_stage_arguments, config_from_args, run_stage_command
 from posttrain.stages.sft import SFTConfig, run_sft
 
 NAME = "sft"
@@ -23,6 +23,6 @@ def add_arguments(parser):
 
 def run(args) -> int:
     cfg = config_from_args(SFTConfig, args, "sft")
-    run_sft(args.model, args.data, args.out, cfg, resume=args.resume, progress=not args.no_progress,
-            overwrite=args.overwrite, allow_change=args.allow_change, reads={"--config": args.config})
-    return 0
+    return run_stage_command("sft", args, lambda: run_sft(
+        args.model, args.data, args.out, cfg, resume=args.resume, progress=not args.no_progress,
+        overwrite=args.overwrite, allow_change=args.allow_change, reads={"--config": args.config}))

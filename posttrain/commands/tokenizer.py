@@ -21,8 +21,11 @@ def add_arguments(parser):
 
 
 def run(args) -> int:
-    from posttrain.stages.tokenizer import train_tokenizer
+    from posttrain.config import from_dict
+    from posttrain.stages.tokenizer import TokenizerConfig, train_tokenizer
 
-    info = train_tokenizer(args.data, args.out, args.vocab_size, args.min_frequency, overwrite=args.overwrite)
+    # the ranges of docs/options.md (recipe stage `tokenizer`): e.g. --vocab-size 100 is refused
+    opts = from_dict(TokenizerConfig, {"vocab_size": args.vocab_size, "min_frequency": args.min_frequency})
+    info = train_tokenizer(args.data, args.out, opts.vocab_size, opts.min_frequency, overwrite=args.overwrite)
     print(f"tokenizer with {info['vocab_size']} tokens written to {args.out}")
     return 0

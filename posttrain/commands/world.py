@@ -31,8 +31,13 @@ def run(args) -> int:
 
     from posttrain.outputs import check_output
 
+    from posttrain.config import from_dict
+    from posttrain.world.build import WorldConfig
+
+    # the ranges of docs/options.md (recipe stage `world`): e.g. --scale 0 is refused with the allowed range
+    opts = from_dict(WorldConfig, {"seed": args.seed, "scale": args.scale, "probe_n": args.probe_n})
     check_output(args.out, inputs={}, overwrite=args.overwrite)  # build_world writes into the folder: never a stranger's
-    manifest = build_world(args.seed, args.out, args.scale, probe_n=args.probe_n)
+    manifest = build_world(opts.seed, args.out, opts.scale, probe_n=opts.probe_n)
     files = manifest.get("files", {})
     rows = [[name, info.get("rows", "-"), info.get("sha256", "")[:12]] for name, info in sorted(files.items())
             if not name.startswith("cards/")]

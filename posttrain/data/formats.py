@@ -7,18 +7,20 @@ Formats (detected per file from the first row's keys, or named):
 - prompt_only: {"prompt": str | messages, "answer"?: str, "verifier"?: str}
 - text: {"text": str} (pretraining)
 
-Files: .jsonl, .json (a list of rows), .parquet, or a `datasets` saved directory.
-A malformed row raises DataError naming the file, the line (1-based) and the field.
+Files: .jsonl, .json (a list of rows), .parquet, or a `datasets` saved directory, in UTF-8.
+A malformed row raises DataError naming the file, the line (1-based) and the field; bytes that
+are not UTF-8 are named by line, column and byte offset.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from posttrain.data.chat import ROLES
-from posttrain.errors import DataError
+from posttrain.errors import DataError, bad_utf8
 
 FORMATS = ("conversational", "prompt_completion", "preference", "prompt_only", "text")
 
@@ -40,9 +42,7 @@ def read_rows(path: str | Path) -> list[Row]:
     elif path.suffix == ".json":
         rows = _read_json(path)
     elif path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        rows = [Row(i + 1, r) for i, r in enumerate(pq.read_table(path).to_pylist())]
+        rows = _read_parquet(path)
     else:
         raise DataError(path, None, None, f"has an unknown extension '{path.suffix}'.", "Use .jsonl, .json, .parquet or a datasets directory.")
     if not rows:
@@ -50,10 +50,22 @@ def read_rows(path: str | Path) -> list[Row]:
     return rows
 
 
+NOT_UTF8_FIX = "Save the file as UTF-8 (for example: iconv -f latin1 -t utf-8 IN > OUT)."
+BOM = b"\xef\xbb\xbf"
+
+
 def _read_jsonl(path: Path) -> list[Row]:
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
+    offset = 0
+    with open(path, "rb") as f:  # bytes, so that a bad byte is reported with its line
+        for i, raw in enumerate(f, 1):
+            start = len(BOM) if i == 1 and raw.startswith(BOM) else 0  # a leading byte-order mark is not data
+            try:
+                line = raw[start:].decode("utf-8")
+            except UnicodeDecodeError as e:
+                problem = bad_utf8(raw[start:], e, i, offset + start, name_line=False)
+                raise DataError(path, i, None, problem + ".", NOT_UTF8_FIX) from None
+            offset += len(raw)
             if not line.strip():
                 continue
             try:
@@ -67,8 +79,14 @@ def _read_jsonl(path: Path) -> list[Row]:
 
 
 def _read_json(path: Path) -> list[Row]:
+    raw = path.read_bytes()
+    start = len(BOM) if raw.startswith(BOM) else 0
     try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
+        text = raw[start:].decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(path, None, None, bad_utf8(raw[start:], e, offset=start) + ".", NOT_UTF8_FIX) from None
+    try:
+        obj = json.loads(text)
     except json.JSONDecodeError as e:
         raise DataError(path, e.lineno, None, f"is not valid JSON ({e.msg}).") from None
     if isinstance(obj, dict) and len(obj) == 1 and isinstance(next(iter(obj.values())), list):
@@ -79,6 +97,19 @@ def _read_json(path: Path) -> list[Row]:
         if not isinstance(r, dict):
             raise DataError(path, i, None, "is not a JSON object (row numbers count list items).")
     return [Row(i, r) for i, r in enumerate(obj, 1)]
+
+
+def _read_parquet(path: Path) -> list[Row]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError, ValueError) as e:
+        why = re.sub(r"^Could not open Parquet input source '[^']*':\s*", "", str(e)).split(". ")[0].rstrip(". ")
+        raise DataError(path, None, None, f"is not a readable Parquet file ({why}).",
+                        "Write it again completely, or convert it to .jsonl.") from None
+    return [Row(i + 1, r) for i, r in enumerate(table.to_pylist())]
 
 
 def _read_datasets_dir(path: Path) -> list[Row]:
@@ -112,7 +143,7 @@ def detect_format(row: dict) -> str | None:
     return None
 
 
-def _check_messages(path, line, field, msgs, need_assistant: bool) -> None:
+def check_messages(path, line, field, msgs, need_assistant: bool) -> None:
     if not isinstance(msgs, list) or not msgs:
         raise DataError(path, line, field, "must be a non-empty list of {\"role\", \"content\"} objects.")
     for j, m in enumerate(msgs):
@@ -130,7 +161,7 @@ def _check_messages(path, line, field, msgs, need_assistant: bool) -> None:
 def _check_text_or_messages(path, line, field, value) -> None:
     if isinstance(value, str):
         return
-    _check_messages(path, line, field, value, need_assistant=False)
+    check_messages(path, line, field, value, need_assistant=False)
 
 
 def validate_row(path, row: Row, fmt: str) -> None:
@@ -146,7 +177,7 @@ def validate_row(path, row: Row, fmt: str) -> None:
         if k not in d:
             raise DataError(path, line, k, f"is missing (this file is in the {fmt} format).", f"Every row needs: {', '.join(need)}.")
     if fmt == "conversational":
-        _check_messages(path, line, "messages", d["messages"], need_assistant=True)
+        check_messages(path, line, "messages", d["messages"], need_assistant=True)
     elif fmt == "prompt_completion":
         for k in ("prompt", "completion"):
             if not isinstance(d[k], str):
@@ -173,3 +204,39 @@ def load_dataset_rows(path: str | Path, fmt: str = "auto", allowed: tuple[str, .
     for r in rows:
         validate_row(path, r, fmt)
     return fmt, rows
+
+
+# ---------------------------------------------------------------- very long texts
+
+TEXT_BUDGET_SLACK = 4096  # characters past the bound, so the cut never falls near the last kept token
+
+
+def text_budget(max_length: int, longest_token_chars: int) -> int:
+    """Characters of one text worth tokenising when an example keeps at most `max_length` tokens.
+
+    No token spans more characters than the longest token of the vocabulary, so the first `max_length`
+    tokens of a text lie within its first max_length * longest_token_chars characters: cutting a text
+    beyond that (plus slack) changes nothing that is kept, but a 20 MB message no longer takes
+    gigabytes to render and tokenise.
+    """
+    return max_length * max(1, longest_token_chars) + TEXT_BUDGET_SLACK
+
+
+def cut_long_texts(data: dict, budget: int) -> tuple[dict, int]:
+    """(the row with every text cut to `budget` characters, how many texts were cut).
+
+    Texts are each message's content and the prompt, completion, chosen, rejected or text strings.
+    The row itself is returned when nothing is cut.
+    """
+    out, n = dict(data), 0
+    for key, value in data.items():
+        if isinstance(value, str) and key in ("prompt", "completion", "chosen", "rejected", "text") and len(value) > budget:
+            out[key], n = value[:budget], n + 1
+        elif isinstance(value, list) and key in ("messages", "prompt", "chosen", "rejected"):
+            msgs = []
+            for m in value:
+                if isinstance(m, dict) and isinstance(m.get("content"), str) and len(m["content"]) > budget:
+                    m, n = {**m, "content": m["content"][:budget]}, n + 1
+                msgs.append(m)
+            out[key] = msgs
+    return (out, n) if n else (data, 0)

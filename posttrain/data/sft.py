@@ -6,7 +6,9 @@ import logging
 from dataclasses import dataclass
 
 from posttrain.data.chat import end_of_turn_token_ids, tokenize_chat, tokenize_prompt_completion
-from posttrain.data.formats import Row
+from posttrain.context_window import max_token_chars
+from posttrain.console import notice
+from posttrain.data.formats import Row, cut_long_texts, text_budget
 from posttrain.data.packing import Example
 from posttrain.errors import DataError
 
@@ -54,9 +56,11 @@ def build_examples(tokenizer, rows: list[Row], fmt: str, *, max_length: int, ove
     """
     stats = BuildStats(rows=len(rows))
     end_ids = set(end_of_turn_token_ids(tokenizer))
-    out = []
+    budget = text_budget(max_length, max_token_chars(tokenizer))
+    out, n_cut = [], 0
     for row in rows:
-        d = row.data
+        d, cut = cut_long_texts(row.data, budget)
+        n_cut += cut
         try:
             if fmt == "conversational":
                 tc = tokenize_chat(tokenizer, d["messages"], assistant_only=assistant_only)
@@ -90,6 +94,9 @@ def build_examples(tokenizer, rows: list[Row], fmt: str, *, max_length: int, ove
         stats.tokens += len(ex.input_ids)
         stats.target_tokens += sum(ex.loss_mask)
     stats.examples = len(out)
+    if n_cut:
+        notice(f"{path}: cut {n_cut} text(s) longer than {budget:,} characters before tokenising; only the first "
+               f"data.max_length={max_length} tokens of an example are kept, and those lie before the cut")
     if not out:
         raise DataError(path, None, None, f"left no usable examples ({stats.dropped} dropped as over-length, "
                         f"{stats.cut_turns} cut before a turn's end, {stats.no_target} without target tokens).",

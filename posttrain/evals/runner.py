@@ -14,6 +14,7 @@ import time
 
 from posttrain import __version__
 from posttrain.artifacts import git_commit
+from posttrain.context_window import OverlongPromptError
 from posttrain.errors import PosttrainError
 from posttrain.evals.probe import ProbeContext, get_probes
 from posttrain.evals.report import Report, probe_json, sha256_text
@@ -68,12 +69,14 @@ def run_probes(
     progress: bool = False,
     model_name: str | None = None,
     engine=None,
+    overlong_prompt: str = "error",
 ) -> Report:
     """Run `probes` (all registered ones when None) on `model` and return the report.
 
     source: a world directory, or None for the built-in world (seed 0).
     n: at most n prompts per probe set (None: all). seed: the sampling seed
     (it matters only for probes that sample; the built-in ones decode greedily).
+    overlong_prompt: "error" or "truncate", for a prompt that leaves no room for the reply (see Engine).
     """
     from posttrain.data.chat import ensure_chat_template
     from posttrain.engine import Engine
@@ -86,7 +89,7 @@ def run_probes(
         _check_refusal_classifier(refusal_classifier)
     template_choice = ensure_chat_template(tokenizer, "auto")
     src = ProbeSource(source)
-    engine = engine or Engine(model, tokenizer, batch_size=batch_size, dtype=dtype)
+    engine = engine or Engine(model, tokenizer, batch_size=batch_size, dtype=dtype, overlong_prompt=overlong_prompt)
     cached = CachingEngine(engine)
     ctx = ProbeContext(tokenizer=tokenizer, refusal_classifier=refusal_classifier, facts_loader=src.facts)
 
@@ -102,7 +105,10 @@ def run_probes(
         rows = probe.rows(src, n)
         if not rows:
             raise PosttrainError(f"probe '{probe.name}' found no rows in {src.describe()}.")
-        completions = probe.generate(probe, cached, rows)
+        try:
+            completions = probe.generate(probe, cached, rows)
+        except OverlongPromptError as e:
+            raise OverlongPromptError(f"probe '{probe.name}': {e}") from None
         result = probe.score(rows, completions, ctx)
         results[probe.name] = probe_json(probe, rows, completions, result, time.perf_counter() - t0)
     bar.close()
@@ -119,6 +125,7 @@ def run_probes(
         "chat_template": template_choice,
         "chat_template_sha256": sha256_text(tokenizer.chat_template),
         "refusal_classifier": refusal_classifier,
+        "overlong_prompt": getattr(engine, "overlong_prompt", None),
         "posttrain_version": __version__,
         "git_commit": git_commit(),
         "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -32,6 +32,34 @@ def add_stage_arguments(parser: argparse.ArgumentParser, data_help: str) -> None
     parser.add_argument("--no-progress", action="store_true", help="No progress bar (for logs).")
 
 
+def resume_command(name: str, args) -> str:
+    """The command line that continues this stage's run: its own options (add_stage_arguments) plus --resume."""
+    import shlex
+
+    parts = ["posttrain", name, "--model", args.model, "--data", args.data, "--out", args.out]
+    parts += ["--config", args.config] if args.config else []
+    parts += [a for s in args.set for a in ("--set", s)]
+    parts += ["--resume"] + [a for k in args.allow_change for a in ("--allow-change", k)]
+    parts += ["--overwrite"] * args.overwrite + ["--no-progress"] * args.no_progress
+    return shlex.join(str(p) for p in parts)
+
+
+def run_stage_command(name: str, args, train) -> int:
+    """Run `train()`; on Ctrl-C print where the run was saved and how to resume it (one paragraph), exit 130."""
+    import sys
+
+    from posttrain.errors import TrainingInterrupted
+
+    try:
+        train()
+    except TrainingInterrupted as e:
+        how = (f"To continue from there, run: {resume_command(name, args)}" if e.checkpoint is not None else
+               "Run the same command again to start over.")
+        print(f"posttrain {name}: {e} {how}", file=sys.stderr)
+        return 130
+    return 0
+
+
 def config_from_args(cls, args, stage: str):
     return load_config(cls, args.config, args.set, stage=stage)
 
@@ -46,7 +74,7 @@ def prepare_model(model_path, mcfg: ModelConfig, tok=None):
 
     Returns (model, tok, device, dtype).
     """
-    device = resolve_device(mcfg.device)
+    device = resolve_device(mcfg.device, "model.device")
     dtype = resolve_dtype(mcfg.dtype, device)
     tok = tok if tok is not None else load_tokenizer(model_path, mcfg.trust_remote_code)
     model = load_model(model_path, device, mcfg.trust_remote_code)

@@ -11,10 +11,13 @@ See docs/safety.md.
 
 from __future__ import annotations
 
+import pickle
+import re
 from dataclasses import asdict
 from pathlib import Path
 
 from posttrain.console import notice
+from posttrain.errors import PosttrainError, ResumeError
 from posttrain.outputs import check_output, clean_stale_temporaries, refuse_protected
 from posttrain.stages.common import checkpoint_dir
 from posttrain.training.resume import plan_resume, run_identity
@@ -59,6 +62,31 @@ def start_run(out, cfg, *, model_id: str | None, data_records: list[dict], resum
 def resume_trainer(trainer, ckpt: Path | None) -> int:
     if ckpt is None:
         return 0
-    step = trainer.resume(ckpt)
+    try:
+        step = trainer.resume(ckpt)
+    except PosttrainError:
+        raise
+    except Exception as e:  # torch.load, safetensors, json: what a damaged or foreign checkpoint raises
+        raise ResumeError(unloadable_checkpoint(ckpt, e)) from e
     notice(f"resuming from step {step} of {trainer.total_steps} (checkpoint {ckpt})")
     return step
+
+
+def unloadable_checkpoint(ckpt: Path, e: Exception) -> str:
+    """Why `ckpt` cannot be resumed, and what to do, in one paragraph.
+
+    torch's own message for a pickle it refuses suggests `weights_only=False`: that would run whatever code the
+    file holds, so it is never repeated here. Only the name of what was refused is kept.
+    """
+    text = str(e)
+    refused = re.search(r"(?:Unsupported global|unsupported GLOBAL)[: ]+(?:GLOBAL )?([\w.]+)", text)
+    if isinstance(e, pickle.UnpicklingError) or "weights_only" in text or refused:
+        why = (f"it holds a pickled object posttrain does not load ({refused.group(1)})" if refused
+               else "it holds pickled objects posttrain does not load")
+        why += ", so it is not a checkpoint posttrain wrote; loading it could run code"
+    else:
+        first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+        first = first.split(". ")[0].rstrip(".")[:200]
+        why = f"it is damaged or was not written by posttrain ({type(e).__name__}{': ' + first if first else ''})"
+    return (f"--resume: the checkpoint {ckpt} cannot be loaded safely: {why}. Delete {ckpt} (an earlier "
+            f"checkpoint, if any, is then resumed), or start over with --overwrite.")

@@ -19,7 +19,8 @@ from posttrain.console import summary
 from posttrain.data.formats import load_dataset_rows
 from posttrain.data.packing import pack_examples
 from posttrain.data.sft import split_documents
-from posttrain.models import load_tokenizer, resolve_device, resolve_dtype
+from posttrain.errors import ConfigError
+from posttrain.models import check_model_dir, load_tokenizer, resolve_device, resolve_dtype
 from posttrain.outputs import model_bytes
 from posttrain.stages.common import checkpoint_dir, finalize_model, prepare_model, split_rows
 from posttrain.stages.guard import check_stage_output, resume_trainer, stage_inputs, start_run
@@ -31,23 +32,32 @@ from posttrain.training.loop import Trainer
 class ArchConfig:
     """Architecture of a new Llama-family model (used when --model holds only a tokenizer)."""
 
-    hidden_size: int = opt(256, "Width of the residual stream.")
-    num_layers: int = opt(4, "Transformer blocks.")
-    num_heads: int = opt(4, "Attention heads.")
-    num_kv_heads: int = opt(4, "Key/value heads (fewer than num_heads gives grouped-query attention).")
-    intermediate_size: int = opt(768, "Width of the MLP.")
-    max_position: int = opt(512, "Longest context the model is built for.")
-    rope_theta: float = opt(10000.0, "RoPE base.")
+    hidden_size: int = opt(256, "Width of the residual stream (a multiple of num_heads).", ge=1)
+    num_layers: int = opt(4, "Transformer blocks.", ge=1)
+    num_heads: int = opt(4, "Attention heads.", ge=1)
+    num_kv_heads: int = opt(4, "Key/value heads (a divisor of num_heads; fewer gives grouped-query attention).", ge=1)
+    intermediate_size: int = opt(768, "Width of the MLP.", ge=1)
+    max_position: int = opt(512, "Longest context the model is built for.", ge=1)
+    rope_theta: float = opt(10000.0, "RoPE base.", gt=0)
     tie_embeddings: bool = opt(True, "Share the input embedding and the output head.")
+
+    def check(self, prefix: str = "") -> None:
+        """Rules between the fields (called by config.from_dict)."""
+        if self.hidden_size % self.num_heads:
+            raise ConfigError(f"{prefix}hidden_size ({self.hidden_size}) must be a multiple of {prefix}num_heads "
+                              f"({self.num_heads}); change one of them.")
+        if self.num_heads % self.num_kv_heads:
+            raise ConfigError(f"{prefix}num_kv_heads ({self.num_kv_heads}) must divide {prefix}num_heads "
+                              f"({self.num_heads}); change one of them.")
 
 
 @dataclass
 class PretrainDataConfig:
     """How the corpus is cut into rows."""
 
-    seq_len: int = opt(256, "Tokens per packed row; longer documents are cut into chunks.")
-    eval_fraction: float = opt(0.01, "Fraction of documents held out for eval loss.")
-    limit: int | None = opt(None, "Use only the first N documents.")
+    seq_len: int = opt(256, "Tokens per packed row; longer documents are cut into chunks.", ge=2)
+    eval_fraction: float = opt(0.01, "Fraction of documents held out for eval loss (0 = none).", ge=0, lt=1)
+    limit: int | None = opt(None, "Use only the first N documents; null = all.", ge=1)
 
 
 def _pretrain_train() -> TrainConfig:
@@ -88,7 +98,10 @@ def run_pretrain(model_path, data_path, out, cfg: PretrainConfig, *, resume: boo
                  overwrite: bool = False, allow_change=(), reads: dict | None = None) -> dict:
     """Train and write the artifact to `out`; resume/overwrite/allow_change/reads as in run_sft (docs/safety.md)."""
     t0 = time.perf_counter()
+    resolve_device(cfg.model.device, "model.device")  # cuda on a machine without one: say so before any work
     fresh = not (Path(model_path) / "config.json").exists()
+    if not fresh:
+        check_model_dir(model_path)  # config.json and whole weights, before the tokenizer loads
     tok = load_tokenizer(model_path, cfg.model.trust_remote_code)
     bytes_per_weight = 2 if cfg.model.save_dtype == "bf16" else 4
     need = llama_parameter_count(len(tok), cfg.arch) * bytes_per_weight if fresh else model_bytes(model_path)
@@ -100,7 +113,7 @@ def run_pretrain(model_path, data_path, out, cfg: PretrainConfig, *, resume: boo
     ckpt, run_record = start_run(out, cfg, model_id=model_id, data_records=data, resume=resume,
                                  allow_change=allow_change, overwrite=overwrite)
     if fresh:
-        device = resolve_device(cfg.model.device)
+        device = resolve_device(cfg.model.device, "model.device")
         dtype = resolve_dtype(cfg.model.dtype, device)
         model = new_model(tok, cfg.arch, cfg.train.seed).to(device)
     else:

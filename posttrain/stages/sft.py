@@ -13,7 +13,7 @@ from posttrain.data.chat import ensure_chat_template, stop_generation_at_end_of_
 from posttrain.data.formats import load_dataset_rows
 from posttrain.data.packing import pack_examples, unpacked_rows
 from posttrain.data.sft import build_examples, replay_examples
-from posttrain.models import load_tokenizer
+from posttrain.models import check_model_dir, load_tokenizer, resolve_device
 from posttrain.outputs import model_bytes
 from posttrain.stages.common import checkpoint_dir, finalize_model, prepare_model, split_rows
 from posttrain.stages.guard import check_stage_output, resume_trainer, stage_inputs, start_run
@@ -62,9 +62,11 @@ def run_sft(model_path, data_path, out, cfg: SFTConfig, *, resume: bool | str = 
     """Train and write the artifact to `out`. resume: True, False or "auto" (see training.resume.plan_resume);
     `reads`: other inputs to protect (e.g. {"--config": path}); see docs/safety.md."""
     t0 = time.perf_counter()
+    resolve_device(cfg.model.device, "model.device")  # cuda on a machine without one: say so before any work
     # Output first, data next: a bad --out or a bad line is reported before a (possibly large) model is loaded.
     check_stage_output(out, stage_inputs(model_path, data_path, cfg, reads), overwrite=overwrite,
                        need_bytes=model_bytes(model_path))
+    check_model_dir(model_path)  # config.json and whole weights, before the tokenizer loads
     tok = load_tokenizer(model_path, cfg.model.trust_remote_code)
     template = ensure_chat_template(tok, cfg.data.chat_template)
     train_rows, eval_rows, stats, fmt, records = prepare_sft_rows(tok, data_path, cfg)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from posttrain.artifacts import atomic_dir, data_record, write_json_atomic
+from posttrain.config import opt
 from posttrain.data.chat import default_template
 from posttrain.data.formats import load_dataset_rows
 from posttrain.outputs import check_output, clean_stale_temporaries, refuse_protected
@@ -16,6 +18,16 @@ CHAT_TOKENS = ["<|im_start|>", "<|im_end|>"]
 # Reserved for tool use: the runtime wraps a call and its injected result in these.
 TOOL_TOKENS = ["<|tool_call|>", "<|/tool_call|>", "<|tool_result|>", "<|/tool_result|>"]
 SPECIAL_TOKENS = [EOS, PAD, *CHAT_TOKENS, *TOOL_TOKENS]
+MIN_VOCAB = 256 + len(SPECIAL_TOKENS)  # every byte, then the special tokens
+
+
+@dataclass
+class TokenizerConfig:
+    """Byte-level BPE training (`posttrain tokenizer train`; a recipe's `tokenizer` stage, which also takes `data`)."""
+
+    vocab_size: int = opt(4096, f"Vocabulary size, special tokens included (at least the {MIN_VOCAB} byte and special tokens).",
+                          ge=MIN_VOCAB)
+    min_frequency: int = opt(2, "Minimum count of a pair for a merge.", ge=1)
 
 
 def train_tokenizer(data_path, out, vocab_size: int = 4096, min_frequency: int = 2, *, overwrite: bool = False) -> dict:

@@ -7,6 +7,11 @@ schedule, logs, evaluates, checkpoints, resumes, and refuses to continue past
 a non-finite loss or an update that leaves a weight non-finite or huge. Checkpoints are
 written only when every trained weight is finite and bounded, so the one a failure
 names is always safe to resume from.
+
+Ctrl-C (KeyboardInterrupt) stops the run with a checkpoint of the last finished step
+(when its weights pass the same check): a step interrupted half way is undone (its
+gradients, token count and random state), and the signal is held back while an update
+and its bookkeeping are applied, so a checkpoint never holds half an optimizer step.
 """
 
 from __future__ import annotations
@@ -16,7 +21,10 @@ import math
 import random
 import resource
 import shutil
+import signal
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,7 +32,7 @@ import torch
 
 from posttrain.artifacts import atomic_dir
 from posttrain.data.packing import PackedRow, attention_within_examples, collate
-from posttrain.errors import NonFiniteLossError, PosttrainError
+from posttrain.errors import NonFiniteLossError, PosttrainError, TrainingInterrupted
 from posttrain.losses import shift_targets, token_nll_sum
 from posttrain.models import autocast
 from posttrain.training.config import TrainConfig
@@ -79,6 +87,24 @@ def lower_lr(lr: float) -> str:
     """A learning rate to suggest after a divergence: a tenth of lr, and at most 1e-4."""
     x = min(lr / 10, 1e-4) if math.isfinite(lr) and lr > 0 else 1e-4
     return f"{x:.0e}"
+
+
+@contextmanager
+def ctrl_c_held():
+    """Hold back Ctrl-C (SIGINT) until the block ends, then raise it: the block is never half done."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signals reach the main thread only
+        return
+    caught = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught and previous is signal.default_int_handler:
+        raise KeyboardInterrupt
+    if caught and callable(previous):
+        previous(signal.SIGINT, None)
 
 
 @dataclass
@@ -243,17 +269,52 @@ class Trainer:
             f"{self._advice(None, lr)}"
         )
 
+    def _stop_interrupted(self, unfinished: tuple[int, torch.Tensor] | None):
+        """Ctrl-C: undo the unfinished step (token count, random state), checkpoint the last finished one."""
+        self.optimizer.zero_grad(set_to_none=True)
+        if unfinished is not None:
+            self.state.tokens = unfinished[0]
+            torch.set_rng_state(unfinished[1])
+        step, latest = self.state.step, self.latest_checkpoint()
+        of = f"step {step} of {self.total_steps}"
+        if latest is not None and json.loads((latest / "state.json").read_text())["step"] == step:
+            saved = latest  # this step's checkpoint was written just before
+        elif self.ckpt_dir is None or step == 0:
+            saved = None
+        else:
+            saved = self.save_checkpoint()
+        if saved is not None:
+            msg = f"interrupted (Ctrl-C) at {of}; the weights after step {step} are saved in {saved}."
+        elif self.ckpt_dir is None or step == 0:
+            msg = (f"interrupted (Ctrl-C) at {of}, " + ("before the first step finished" if step == 0 else
+                   "with no checkpoint folder configured") + "; nothing was saved.")
+        else:
+            where = f"; the last checkpoint is {latest}" if latest else ""
+            msg = (f"interrupted (Ctrl-C) at {of}; those weights did not pass the weight check "
+                   f"(train.max_abs_weight) and were not saved{where}.")
+        raise TrainingInterrupted(msg, step, saved or latest)
+
     def fit(self) -> TrainResult:
+        """Train to the last step and return the result; on Ctrl-C, checkpoint and raise TrainingInterrupted."""
         from tqdm.auto import tqdm
 
+        bar = tqdm(total=self.total_steps, initial=self.state.step, desc=self.desc, disable=not self.progress,
+                   mininterval=1.0, dynamic_ncols=True)
+        self._unfinished: tuple[int, torch.Tensor] | None = None  # (tokens, RNG state) where the step began
+        try:
+            return self._fit(bar)
+        except KeyboardInterrupt:
+            bar.close()
+        self._stop_interrupted(self._unfinished)  # outside the handler: the message is the whole story
+
+    def _fit(self, bar) -> TrainResult:
         cfg, model = self.cfg, self.model
         model.train()
         start = time.perf_counter()
         start_tokens = self.state.tokens
-        bar = tqdm(total=self.total_steps, initial=self.state.step, desc=self.desc, disable=not self.progress,
-                   mininterval=1.0, dynamic_ncols=True)
         while self.state.step < self.total_steps:
             step = self.state.step
+            self._unfinished = (self.state.tokens, torch.get_rng_state())
             lr = lr_at(step, self.total_steps, cfg)
             for g in self.optimizer.param_groups:
                 g["lr"] = lr
@@ -276,24 +337,26 @@ class Trainer:
             if not torch.isfinite(gnorm):
                 self.optimizer.zero_grad(set_to_none=True)
                 self._stop_non_finite("the gradient norm", float(gnorm), lr)
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            self.state.step += 1
-            peak = max_abs(params)
-            if not weights_pass(peak, self.weight_limit):
-                self._stop_bad_weights(peak, lr)
-            self.state.window_loss += loss_value
-            self.state.window_steps += 1
-            elapsed = time.perf_counter() - start
-            tps = (self.state.tokens - start_tokens) / max(elapsed, 1e-9)
+            with ctrl_c_held():  # the update and the state that records it: all or nothing
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.state.step += 1
+                peak = max_abs(params)
+                if not weights_pass(peak, self.weight_limit):
+                    self._stop_bad_weights(peak, lr)
+                self.state.window_loss += loss_value
+                self.state.window_steps += 1
+                elapsed = time.perf_counter() - start
+                tps = (self.state.tokens - start_tokens) / max(elapsed, 1e-9)
+                s = self.state.step
+                if s % max(1, cfg.log_every) == 0 or s == self.total_steps:
+                    self.state.metrics_lines.append({
+                        "step": s, "loss": self.state.window_loss / self.state.window_steps, "lr": lr,
+                        "grad_norm": float(gnorm), "tokens": self.state.tokens, "tokens_per_s": round(tps, 1)})
+                    self.state.window_loss, self.state.window_steps = 0.0, 0
+                self._unfinished = None
             bar.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{tps:,.0f}", refresh=False)
             bar.update(1)
-            s = self.state.step
-            if s % max(1, cfg.log_every) == 0 or s == self.total_steps:
-                self.state.metrics_lines.append({"step": s, "loss": self.state.window_loss / self.state.window_steps,
-                                                 "lr": lr, "grad_norm": float(gnorm), "tokens": self.state.tokens,
-                                                 "tokens_per_s": round(tps, 1)})
-                self.state.window_loss, self.state.window_steps = 0.0, 0
             if cfg.eval_every and s % cfg.eval_every == 0 and s < self.total_steps:
                 self.state.metrics_lines.append({"step": s, "eval_loss": self.evaluate()})
             if self.ckpt_dir is not None and cfg.save_every and s % cfg.save_every == 0:

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from posttrain.config import opt
 from posttrain.world.chats import build_rlvr, build_sft
 from posttrain.world.corpus import build_corpus_documents
 from posttrain.world.facts import all_facts, split_facts
@@ -45,6 +46,15 @@ DESCRIPTIONS = {
     "constitution": "The written principles used for critiques and AI feedback.",
 }
 PROBE_DESCRIPTION = "Held-out probe set '{name}': probe phrasings only, never equal to a training prompt."
+
+
+@dataclass
+class WorldConfig:
+    """The built-in world (`posttrain world build`; a recipe's `world` stage)."""
+
+    seed: int = opt(0, "Seed of every random choice: the same seed and scale give byte-identical files.", ge=0)
+    scale: float = opt(1.0, "Multiplies the corpus and post-training set sizes.", gt=0)
+    probe_n: int = opt(150, "Rows per probe set.", ge=1)
 
 
 def _sha256(path: Path) -> str:
