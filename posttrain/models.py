@@ -219,6 +219,18 @@ def _remote_code_error(path) -> PosttrainError:
                           f"which would run on this machine when loaded. {REMOTE_CODE_FIX}")
 
 
+def ships_remote_code(path: Path) -> bool:
+    """Whether config.json or tokenizer_config.json asks for code shipped in the directory (an `auto_map`)."""
+    for name in ("config.json", "tokenizer_config.json"):
+        try:
+            data = json.loads((path / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict) and data.get("auto_map"):
+            return True
+    return False
+
+
 def load_tokenizer(path: str | Path, trust_remote_code: bool = False):
     """The tokenizer of a model (or tokenizer) directory; a directory without one is an error saying so."""
     from transformers import AutoTokenizer
@@ -229,6 +241,8 @@ def load_tokenizer(path: str | Path, trust_remote_code: bool = False):
         raise PosttrainError(f"'{path}' holds no tokenizer (none of {', '.join(TOKENIZER_FILES)}). Save the tokenizer "
                              f"beside the weights with tokenizer.save_pretrained('{path}'), or pass --model with the "
                              f"directory that has both.")
+    if not trust_remote_code and ships_remote_code(path):
+        raise _remote_code_error(path)  # before transformers reads (and warns about) the foreign config
     try:
         tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code, local_files_only=True)
     except ValueError as e:

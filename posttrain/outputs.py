@@ -20,7 +20,7 @@ import shutil
 from pathlib import Path
 
 from posttrain.console import notice
-from posttrain.errors import OutputError
+from posttrain.errors import OutputError, PosttrainError
 
 # Files that mark a directory as something posttrain wrote completely (written last, atomically).
 MARKERS = {"provenance.json": "artifact", "tokenizer_provenance.json": "tokenizer", "manifest.json": "world",
@@ -51,8 +51,18 @@ def protected_reason(path: Path) -> str | None:
     return None
 
 
+def resolved(path, option: str) -> Path:
+    """`path` made absolute, symlinks followed; a symlink loop is an error naming `option` (Python 3.11 and 3.12
+    raise RuntimeError for it, which would otherwise end the command with a traceback)."""
+    try:
+        return Path(path).expanduser().resolve()
+    except RuntimeError as e:
+        raise PosttrainError(f"{option} {path} is a symbolic link that leads back to itself ({e}), so it names no "
+                             f"file or folder. Point it at the path you mean, or remove it.") from None
+
+
 def refuse_protected(out, option: str = "--out") -> None:
-    why = protected_reason(Path(out).expanduser().resolve())
+    why = protected_reason(resolved(out, option))
     if why:
         raise OutputError(f"{option} {out} is {why}; replacing it would delete everything in it. "
                           f"Give a new directory for the result, e.g. {option} runs/NAME.")
@@ -105,7 +115,7 @@ def check_output(out, *, inputs: dict, overwrite: bool, need_bytes: int | None =
     for label, path in inputs.items():
         if path is None:
             continue
-        src = Path(path).expanduser().resolve()
+        src = resolved(path, label)
         for wlabel, target in writes.items():
             rel = relation(target, src)
             if rel is None:

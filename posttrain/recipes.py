@@ -184,7 +184,6 @@ class Runner:
             raise OutputError(f"--out {self.run_dir} {found}, and is not a run directory of `posttrain run` (no {STATE}); "
                               f"the recipe would write its stage folders into it. Choose a new --out, or pass --overwrite "
                               f"to use it anyway (only the recipe's stage folders are replaced).")
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         self.state_path = self.run_dir / STATE
         self.state = json.loads(self.state_path.read_text()) if self.state_path.exists() else {"done": {}, "started": {}}
         self.fingerprints: dict[str, str] = {}
@@ -213,6 +212,7 @@ class Runner:
         current_model = self.recipe.base
         if self.recipe.publish:  # a refused target is reported before hours of training, not after
             self._check_publish(self.recipe.publish)
+        self.run_dir.mkdir(parents=True, exist_ok=True)  # only once the checks passed: a refused run writes nothing
         for spec in self.recipe.stages:
             model_ref = spec.raw.get("model", current_model)
             fp_inputs = {"stage": spec.raw, "model": self._input_fingerprint(model_ref) if model_ref and spec.kind not in ("world", "tokenizer") else None}

@@ -60,6 +60,8 @@ def read_yaml_mapping(path: Path, what: str, holds: str = "a mapping") -> dict:
         raise ConfigError(f"{what} '{path}' does not exist.")
     if path.is_dir():
         raise ConfigError(f"{what} '{path}' is a directory; give a YAML file.")
+    if not path.is_file():  # a FIFO or a device: reading it could wait forever for a writer
+        raise ConfigError(f"{what} '{path}' is not a regular file (a pipe, socket or device); give a YAML file.")
     raw = path.read_bytes()
     try:
         text = raw.decode("utf-8")

@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 from posttrain.context_window import OVERLONG_MODES
-from posttrain.data.formats import check_messages
-from posttrain.errors import DataError, PosttrainError
+from posttrain.data.formats import NOT_UTF8_FIX, check_messages
+from posttrain.errors import DataError, PosttrainError, bad_utf8
 
 NAME = "generate"
 HELP = "complete a JSONL file of prompts or conversations with a model"
@@ -115,8 +115,16 @@ def read_prompts(path: str | Path) -> list[tuple[int, dict]]:
     path = Path(path)
     if not path.exists():
         raise DataError(path, None, None, "does not exist.", "Pass --prompts with a JSONL file.")
+    if not path.is_file():  # a FIFO or a device: reading it could wait forever for a writer
+        raise DataError(path, None, None, "is not a regular file (a pipe, socket or device).",
+                        "Save the prompts to a JSONL file and pass that file.")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:  # named by line and byte, as the data reader does
+        raise DataError(path, None, None, bad_utf8(raw, e) + ".", NOT_UTF8_FIX) from None
     rows = []
-    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for line_no, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
@@ -143,8 +151,12 @@ def read_prompts(path: str | Path) -> list[tuple[int, dict]]:
 
 def run(args) -> int:
     from posttrain.data.chat import render_generation_prompt
+    from posttrain.outputs import resolved
 
     numbered = read_prompts(args.prompts)  # data and options are checked before the model loads
+    if args.out and resolved(args.out, "--out") == Path(args.prompts).resolve():
+        raise PosttrainError(f"--out {args.out} is the --prompts file itself: writing there would replace the "
+                             f"prompts. Choose another --out.")
     rows = [row for _, row in numbered]
     params = sampling_params_from_args(args)
     if args.batch_size < 1:

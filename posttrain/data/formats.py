@@ -37,6 +37,9 @@ def read_rows(path: str | Path) -> list[Row]:
         raise DataError(path, None, None, "does not exist.", "Pass --data with a local .jsonl/.json/.parquet file or a datasets directory.")
     if path.is_dir():
         rows = _read_datasets_dir(path)
+    elif not path.is_file():  # a FIFO or a device: opening it could wait forever for a writer
+        raise DataError(path, None, None, "is not a regular file or a directory (a pipe, socket or device).",
+                        "Save the data to a .jsonl/.json/.parquet file and pass that file.")
     elif path.suffix == ".jsonl":
         rows = _read_jsonl(path)
     elif path.suffix == ".json":
