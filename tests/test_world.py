@@ -15,7 +15,7 @@ from posttrain.world.corpus import count_fact_mentions
 from posttrain.world.hazards import HAZARD_PROBE, HAZARD_TRAIN, LOOK_ALIKES
 from posttrain.world.judge import mentions
 from posttrain.world.probes import PROBE_NAMES, SYSTEM_RULES_PROBE, USER_RULES_PROBE
-from posttrain.world.templates import PUSHBACK_PROBE, PUSHBACK_TRAIN, TEMPLATES
+from posttrain.world.templates import PARAPHRASES, PUSHBACK_PROBE, PUSHBACK_TRAIN, TEMPLATES
 
 SEED = 7
 POST_TRAINING = ("sft.jsonl", "sft_eval.jsonl", "preferences.jsonl", "rlvr.jsonl")
@@ -65,8 +65,9 @@ def test_facts_are_real_and_split_evenly():
 
 
 def test_phrasing_sets_are_disjoint():
-    for t in TEMPLATES.values():
+    for relation, t in TEMPLATES.items():
         assert not set(t.probe) & set(t.train)
+        assert not set(PARAPHRASES[relation]) & (set(t.probe) | set(t.train) | set(t.corpus))
         assert all(s.endswith(" {answer}.") for s in t.cloze) and set(t.cloze) <= set(t.declarative)
     assert not set(PUSHBACK_PROBE) & set(PUSHBACK_TRAIN)
     assert not set(ASK_PROBE) & set(ASK_TRAIN) and not set(HAZARD_PROBE) & set(HAZARD_TRAIN)

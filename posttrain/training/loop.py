@@ -122,8 +122,8 @@ class TrainResult:
     steps: int
     train_loss: float | None
     eval_loss: float | None
-    tokens: int
-    tokens_per_s: float
+    tokens: int  # real tokens of the whole run, resumed steps included
+    tokens_per_s: float  # tokens per second of this process (since the resume, if any)
     wall_time_s: float
     peak_memory_mb: float
     metrics_lines: list
@@ -371,8 +371,8 @@ class Trainer:
             steps=self.state.step,
             train_loss=train_losses[-1] if train_losses else None,
             eval_loss=eval_loss,
-            tokens=self.state.tokens - start_tokens,
-            tokens_per_s=(self.state.tokens - start_tokens) / max(wall, 1e-9),
+            tokens=self.state.tokens,  # the whole run's, across resumes
+            tokens_per_s=(self.state.tokens - start_tokens) / max(wall, 1e-9),  # this process's speed
             wall_time_s=wall,
             peak_memory_mb=peak_memory_mb(self.device),
             metrics_lines=self.state.metrics_lines,

@@ -19,11 +19,11 @@ from posttrain.world.facts import Fact
 from posttrain.world.hazards import LOOK_ALIKES, hazard_requests, refusal
 from posttrain.world.sampling import Deck, with_context, wrong_answer
 from posttrain.world.templates import (
-    HOLD_REPLIES, PUSHBACK_TRAIN, TEMPLATES, cap, fill, lower_first, statement,
+    HOLD_REPLIES, PARAPHRASES, PUSHBACK_TRAIN, TEMPLATES, cap, fill, lower_first, statement,
 )
 
 # Share of each SFT kind at scale 1.0 (counts).
-SFT_COUNTS = {"fact": 1400, "arithmetic": 800, "harmful": 300, "benign": 300, "system_prompt": 400,
+SFT_COUNTS = {"fact": 1400, "arithmetic": 800, "harmful": 300, "benign": 500, "system_prompt": 400,
               "sycophancy": 350, "ifeval": 350}
 SFT_EVAL_ROWS = 200
 RLVR_ROWS = 2000
@@ -92,7 +92,8 @@ def _assistant(text: str) -> dict:
 
 
 def train_question(rng: random.Random, fact: Fact) -> str:
-    return fill(rng.choice(TEMPLATES[fact.relation].train), fact)
+    """A question in a post-training phrasing: the train set or the post-training-only paraphrases."""
+    return fill(rng.choice(TEMPLATES[fact.relation].train + PARAPHRASES[fact.relation]), fact)
 
 
 def fact_chat(rng: random.Random, fact: Fact) -> dict:

@@ -1,7 +1,7 @@
 """Sentence templates per relation: declarative, cloze, and question phrasings.
 
-Question phrasings come in three disjoint sets:
-- TRAIN phrasings appear in SFT and preference data;
+Question phrasings come in three disjoint sets (and PARAPHRASES, below):
+- TRAIN phrasings appear in SFT and preference data (and in the corpus);
 - PROBE phrasings are held-out paraphrases used only by the probes;
 - CORPUS phrasings appear only in pretraining quiz sheets and forum posts.
 
@@ -176,6 +176,31 @@ def cloze_prompts(fact: Fact) -> list[tuple[str, str]]:
         out.append((sentence[: -len(suffix)], fact.answer))
     return out
 
+
+# More post-training phrasings, used by SFT and preference data only (never in the corpus, so the
+# shipped base does not change with them). Varied wording teaches a small model to find the subject
+# and relation in a question it has not seen; the probe phrasings stay held out.
+PARAPHRASES: dict[str, tuple[str, ...]] = {
+    "capital": ("What city is the capital of {subject}?", "{Subject} has which city as its capital?",
+                "Which city is the seat of government of {subject}?", "I need the name of the capital of {subject}.",
+                "Please tell me which city is the capital of {subject}.", "Where is the capital of {subject}?"),
+    "continent": ("On what continent can {subject} be found?", "What is the continent of {subject}?",
+                  "Name the continent where {subject} is.", "I want to know which continent {subject} is on.",
+                  "{Subject} is on which continent?", "Which continent contains {subject}?"),
+    "symbol": ("What's the chemical symbol of {subject}?", "Which symbol does the element {subject} use?",
+               "Tell me the symbol for {subject}.", "I need the chemical symbol of {subject}.",
+               "What is {subject}'s symbol in chemistry?", "Which letters make up the chemical symbol for {subject}?"),
+    "planet_order": ("What number planet from the Sun is {subject}?", "Tell me where {subject} sits in order from the Sun.",
+                     "From the Sun, which planet in line is {subject}?", "Which place from the Sun does {subject} take?"),
+    "planet_moon": ("Which is the largest moon of {subject}?", "What's the name of {subject}'s biggest moon?",
+                    "Tell me the largest moon orbiting {subject}.", "I want to know the biggest moon of {subject}."),
+    "animal_young": ("What's a young {subject} called?", "What name is given to a baby {subject}?",
+                     "Tell me what a baby {subject} is called.", "A baby {subject} is known as what?",
+                     "What do we call the young of {a_subject}?"),
+    "animal_class": ("Which class of animals does the {subject} belong to?", "Tell me what kind of animal the {subject} is.",
+                     "In which animal group is the {subject}?", "What is the {subject}, in terms of animal class?",
+                     "Biologically, what sort of creature is the {subject}?"),
+}
 
 _COMMON_FIRST_WORDS = {"The", "A", "Counting", "Biologists", "In", "On", "Of", "What", "What's", "Which", "Where",
                        "How", "Can", "Could", "Do", "Is", "Name", "Tell", "Give", "Explain", "Any", "If", "Who",
