@@ -203,7 +203,8 @@ class Engine:
                 f"one of them{others}. Shorten the prompt, or pass --overlong truncate (Engine overlong_prompt="
                 f"'truncate') to keep only its last {keep} tokens.")
         cut = [i for i, (ids, _) in enumerate(measured) if plans[i][0] < len(ids)]
-        short = [i for i, plan in enumerate(plans) if plan[1] < params.max_new_tokens and i not in cut]
+        cut_set = set(cut)
+        short = [i for i, plan in enumerate(plans) if plan[1] < params.max_new_tokens and i not in cut_set]
         if cut:
             keep, room = plans[cut[0]]
             notice(f"cut {describe([names[i] for i in cut])} to the last {keep} tokens, leaving {room} for the "

@@ -61,9 +61,10 @@ def test_data_jsonl_that_is_not_utf8_names_the_line_and_byte(tiny_llama_dir, cha
     data.write_bytes(good[0] + good[1] + bad.encode("latin-1") + b"\n" + good[2])
     offset = len(good[0]) + len(good[1]) + bad.encode("latin-1").index(b"\xe9")
     out = tmp_path / "out"
-    refused_cleanly(capsys, sft_args(tiny_llama_dir, data, out), [data, tiny_llama_dir], out,
-                    f"{data}, line 3: is not valid UTF-8: byte 0xe9 at column", f"(byte offset {offset} of the file",
-                    "Save the file as UTF-8")
+    err = refused_cleanly(capsys, sft_args(tiny_llama_dir, data, out), [data, tiny_llama_dir], out,
+                          f"{data}, line 3: is not valid UTF-8: byte 0xe9 at column", f"(byte offset {offset} of the file",
+                          "Save the file as UTF-8")
+    assert err.count("line 3") == 1 and "Traceback" not in err
 
 
 def test_data_json_that_is_not_utf8_names_the_line(tmp_path):
@@ -90,12 +91,14 @@ def test_config_file_and_recipe_that_are_not_utf8(tiny_llama_dir, chat_file, tmp
     config = tmp_path / "c.yaml"
     config.write_bytes(b"train:\n  lr: 1.0e-3  # r\xe9glage\n")
     out = tmp_path / "out"
-    refused_cleanly(capsys, sft_args(tiny_llama_dir, chat_file, out, "--config", str(config)), [config], out,
-                    f"config file '{config}' is not valid UTF-8: byte 0xe9 at line 2, column 18 (byte offset 24")
+    err = refused_cleanly(capsys, sft_args(tiny_llama_dir, chat_file, out, "--config", str(config)), [config], out,
+                          f"config file '{config}' is not valid UTF-8: byte 0xe9 at line 2, column 18 (byte offset 24")
+    assert "Save" in err
     recipe = tmp_path / "r.yaml"
     recipe.write_bytes(b"name: r\nstages:\n  - {stage: world, seed: 0}  # \xff\n")
-    refused_cleanly(capsys, ["run", str(recipe), "--out", str(tmp_path / "run")], [recipe], tmp_path / "run",
-                    f"recipe '{recipe}' is not valid UTF-8: byte 0xff at line 3")
+    err = refused_cleanly(capsys, ["run", str(recipe), "--out", str(tmp_path / "run")], [recipe], tmp_path / "run",
+                          f"recipe '{recipe}' is not valid UTF-8: byte 0xff at line 3")
+    assert str(recipe) in err
 
 
 def test_undecodable_input_found_anywhere_else_is_one_paragraph():
@@ -114,8 +117,9 @@ def test_a_key_given_twice_in_the_config_file(tiny_llama_dir, chat_file, tmp_pat
     config = tmp_path / "c.yaml"
     config.write_text("train:\n  lr: 1.0e-3\n  lr: 1.0e-2\n")
     out = tmp_path / "out"
-    refused_cleanly(capsys, sft_args(tiny_llama_dir, chat_file, out, "--config", str(config)), [config], out,
-                    f"config file '{config}', line 3: key 'lr' appears twice (first at line 2)")
+    err = refused_cleanly(capsys, sft_args(tiny_llama_dir, chat_file, out, "--config", str(config)), [config], out,
+                          f"config file '{config}', line 3: key 'lr' appears twice (first at line 2)")
+    assert err.startswith(f"posttrain sft: error: config file '{config}'") and "Keep one of them" in err
 
 
 @pytest.mark.parametrize("setting,fragment", [
@@ -128,8 +132,9 @@ def test_a_key_given_twice_in_the_config_file(tiny_llama_dir, chat_file, tmp_pat
 def test_bad_options_stop_the_stage_before_anything(tiny_llama_dir, chat_file, tmp_path, capsys, setting, fragment,
                                                     no_tokenizer_load):
     out = tmp_path / "out"
-    refused_cleanly(capsys, sft_args(tiny_llama_dir, chat_file, out, "--set", setting), [chat_file, tiny_llama_dir],
-                    out, fragment)
+    err = refused_cleanly(capsys, sft_args(tiny_llama_dir, chat_file, out, "--set", setting),
+                          [chat_file, tiny_llama_dir], out, fragment)
+    assert setting.split("=")[0] in err
 
 
 def test_cuda_on_a_machine_without_it(tiny_llama_dir, chat_file, tmp_path, capsys, monkeypatch, no_tokenizer_load):
