@@ -2,6 +2,8 @@
 
 A command module defines NAME, HELP, DESCRIPTION (optional), add_arguments(parser)
 and run(args) -> int. Modules are discovered, so adding a command is adding a file.
+Every training stage of the registry (stages.registry) is a command too, with the
+options every stage shares (stages.common.add_stage_arguments).
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ from posttrain.errors import PosttrainError
 
 def _command_modules():
     import posttrain.commands as pkg
+    from posttrain.stages.common import StageCommand
+    from posttrain.stages.registry import training_stages
 
-    mods = []
+    mods = [StageCommand(stage) for stage in training_stages().values()]
     for info in pkgutil.iter_modules(pkg.__path__):
         if info.name.startswith("_"):
             continue

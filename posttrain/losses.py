@@ -24,6 +24,11 @@ def token_nll_sum(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.float(), targets, reduction="sum")
 
 
+def target_logps(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log softmax(logits)[target] per row, in fp32; logits [N, V], targets [N] -> [N]."""
+    return -F.cross_entropy(logits.float(), targets, reduction="none")
+
+
 def sft_loss(logits: torch.Tensor, input_ids: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
     """Masked next-token cross-entropy, averaged over target tokens.
 

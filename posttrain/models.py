@@ -182,14 +182,39 @@ def safetensors_problem(path: Path) -> str | None:
     return None
 
 
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def adapter_parent(path: str | Path) -> Path | None:
+    """The parent model of an unmerged LoRA artifact (peft's adapter_config.json, no config.json); else None."""
+    path = Path(path)
+    if (path / "config.json").exists() or not (path / ADAPTER_CONFIG).is_file():
+        return None
+    try:
+        base = json.loads((path / ADAPTER_CONFIG).read_text(encoding="utf-8"))["base_model_name_or_path"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise PosttrainError(f"'{path / ADAPTER_CONFIG}' is damaged ({e}); save the adapter again.") from e
+    return Path(base)
+
+
 def check_model_dir(path: str | Path) -> None:
     """A model directory that posttrain can load: config.json (valid JSON) and whole safetensors weights.
 
+    An unmerged LoRA artifact (adapter weights only) is checked with the parent model it names.
     Cheap (reads headers only), so stages call it before loading the tokenizer or reading data.
     """
     path = Path(path)
     _check_dir(path)
+    parent = adapter_parent(path)
+    if parent is not None:
+        if not parent.is_dir():
+            raise PosttrainError(f"'{path}' is a LoRA adapter for the model in '{parent}', which does not exist "
+                                 f"any more. Put the parent model back there, or merge the adapter when training "
+                                 f"(model.lora.merge_on_save=true).")
+        check_model_dir(parent)
     config = path / "config.json"
+    if parent is not None:
+        config = parent / "config.json"
     if not config.exists():
         raise PosttrainError(f"'{path}' has no config.json, so it is not a transformers model directory.")
     raw = config.read_bytes()
@@ -263,21 +288,35 @@ def _first_line(e: Exception) -> str:
     return text[0].rstrip(".") if text else type(e).__name__
 
 
-def load_model(path: str | Path, device: str | torch.device = "auto", trust_remote_code: bool = False):
-    """Load a causal LM in fp32 master weights (bf16 runs through autocast) on `device`."""
+def load_model(path: str | Path, device: str | torch.device = "auto", trust_remote_code: bool = False,
+               head: str = "causal"):
+    """Load a model in fp32 master weights (bf16 runs through autocast) on `device`.
+
+    head: "causal" (AutoModelForCausalLM) or "score", a scalar head on the same trunk
+    (AutoModelForSequenceClassification with one label: reward and value models; the head is new
+    when `path` holds a causal LM).
+    """
     from safetensors import SafetensorError
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     path = Path(path)
     check_model_dir(path)
+    parent = adapter_parent(path)
+    if parent is not None:  # an unmerged LoRA artifact: its parent with the adapter merged in
+        from peft import PeftModel
+
+        base = load_model(parent, device, trust_remote_code, head)
+        return PeftModel.from_pretrained(base, str(path)).merge_and_unload()
     device = resolve_device(device)
+    auto, extra = (AutoModelForCausalLM, {}) if head == "causal" else (AutoModelForSequenceClassification, {"num_labels": 1})
     try:
-        model = AutoModelForCausalLM.from_pretrained(
+        model = auto.from_pretrained(
             str(path),
             dtype=torch.float32,
             use_safetensors=True,
             trust_remote_code=trust_remote_code,
             local_files_only=True,
+            **extra,
         )
     except ValueError as e:
         if "trust_remote_code" in str(e):

@@ -11,7 +11,7 @@
     publish: {stage: sft, to: ../models/sft}   # optional: copy a stage's output there at the end
 
 Each stage writes RUN_DIR/<name>. A stage's model defaults to the output of the
-last model-producing stage before it (or `base`); `@name/sub/path` refers to a
+last policy-producing stage before it (or `base`; a reward model is not a policy); `@name/sub/path` refers to a
 stage's output. A stage whose fingerprint (kind, options, inputs) matches the one
 recorded when it last finished is skipped; an interrupted training stage resumes
 from its checkpoint when rerun with the same fingerprint.
@@ -38,13 +38,15 @@ from posttrain.config import from_dict, load_config, read_yaml_mapping
 from posttrain.errors import ConfigError, OutputError, PosttrainError
 from posttrain.outputs import check_output, clean_stale_temporaries, describe, refuse_protected
 
-KINDS = ("world", "tokenizer", "pretrain", "sft", "eval")
-MODEL_KINDS = ("pretrain", "sft")
 STATE = "recipe_state.json"
 TOP_KEYS = ("name", "base", "stages", "quick", "publish")
-# Keys a stage entry takes besides `name`, `stage` and the fields of its options class (stages.registry).
-ENTRY_KEYS = {"world": (), "tokenizer": ("data",), "pretrain": ("model", "data", "config"),
-              "sft": ("model", "data", "config"), "eval": ("model",)}
+
+
+def _steps():
+    """Every stage kind a recipe may use (stages.registry): its entry keys, options and how it runs."""
+    from posttrain.stages.registry import recipe_steps
+
+    return recipe_steps()
 
 
 @dataclass
@@ -81,23 +83,24 @@ def check_stage(path: Path, name: str, kind: str, entry: dict, has_model: bool):
     """Check one stage entry's keys and values before anything runs; return its typed options.
 
     world/tokenizer/eval: their options class (stages.registry.recipe_stage_configs) from the entry's keys;
-    pretrain/sft: the stage config from `config:` (references stay unresolved strings until the stage runs).
+    training stages: the stage config from `config:` (references stay unresolved strings until the stage runs).
     """
-    from posttrain.stages.registry import recipe_stage_configs, stage_configs
+    from posttrain.stages.registry import stage_configs
 
     where = f"recipe '{path}', stage '{name}' ({kind})"
-    cls = recipe_stage_configs().get(kind)
+    step = _steps()[kind]
+    cls = step.options
     option_keys = [f.name for f in fields(cls)] if cls else []
-    allowed = ["name", "stage", *ENTRY_KEYS[kind], *option_keys]
+    allowed = ["name", "stage", *step.entry_keys, *option_keys]
     for key in entry:
         if key not in allowed:
             raise _unknown_key(where, key, allowed)
     for key in ("model", "data"):
         if key in entry and not isinstance(entry[key], str):
             raise ConfigError(f"{where}: '{key}' must be a path (a string), got {entry[key]!r}.")
-    if "data" in ENTRY_KEYS[kind] and "data" not in entry:
+    if "data" in step.entry_keys and "data" not in entry:
         raise ConfigError(f"{where}: needs 'data' (a data file, or @STAGE/file for an earlier stage's output).")
-    if "model" in ENTRY_KEYS[kind] and not (has_model or entry.get("model")):
+    if "model" in step.entry_keys and not (has_model or entry.get("model")):
         raise ConfigError(f"stage '{name}' needs a model: set 'model' on it or 'base' on the recipe ({path}).")
     if not isinstance(entry.get("config", {}), dict):
         raise ConfigError(f"{where}: 'config' must be a mapping of options (docs/options.md), got {entry['config']!r}.")
@@ -126,14 +129,15 @@ def load_recipe(path: str | Path, quick: bool = False) -> Recipe:
     if not isinstance(quick_over, dict) or not all(isinstance(v, dict) for v in quick_over.values()):
         raise ConfigError(f"recipe '{path}': 'quick' must map stage names to options, "
                           f"e.g. quick: {{sft: {{config: ...}}}}.")
-    stages, seen = [], set()
+    stages, seen, steps = [], set(), _steps()
+    kinds = ", ".join(steps)
     has_model = data.get("base") is not None
     for i, entry in enumerate(data["stages"]):
         if not isinstance(entry, dict) or "stage" not in entry:
-            raise ConfigError(f"recipe '{path}', stage {i + 1}: needs a 'stage' key (one of {', '.join(KINDS)}).")
+            raise ConfigError(f"recipe '{path}', stage {i + 1}: needs a 'stage' key (one of {kinds}).")
         kind = entry["stage"]
-        if kind not in KINDS:
-            raise ConfigError(f"recipe '{path}', stage {i + 1}: unknown stage '{kind}'; choose one of {', '.join(KINDS)}.")
+        if kind not in steps:
+            raise ConfigError(f"recipe '{path}', stage {i + 1}: unknown stage '{kind}'; choose one of {kinds}.")
         name = entry.get("name", kind)
         if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
             raise ConfigError(f"recipe '{path}', stage {i + 1}: name {name!r} must be a plain folder name (no '/').")
@@ -145,13 +149,13 @@ def load_recipe(path: str | Path, quick: bool = False) -> Recipe:
         if quick_entry is not entry:  # a typo in 'quick' must not wait for a --quick run
             plain = check_stage(path, name, kind, entry, has_model)
             entry, options = (quick_entry, options) if quick else (entry, plain)
-        has_model = has_model or kind in MODEL_KINDS
+        has_model = has_model or steps[kind].policy
         earlier = [s.name for s in stages]
         for ref in _refs(entry):  # a typo in the last stage must not wait for the first ones to finish
             if ref[1:].partition("/")[0] not in earlier:
                 raise ConfigError(f"recipe '{path}', stage '{name}': reference '{ref}' names no earlier stage "
                                   f"(earlier: {', '.join(earlier) or 'none'}).")
-        stages.append(StageSpec(name, kind, entry, options if kind not in MODEL_KINDS else None))
+        stages.append(StageSpec(name, kind, entry, None if steps[kind].trains else options))
     unknown = set(quick_over) - seen
     if unknown:
         raise ConfigError(f"recipe '{path}': 'quick' names unknown stages: {', '.join(sorted(unknown))}.")
@@ -242,7 +246,7 @@ class Runner:
                 self.state["done"][spec.name] = fp
                 self._save_state()
                 self._say(f"[{spec.name}] done in {time.perf_counter() - t0:.1f}s")
-            if spec.kind in MODEL_KINDS:
+            if _steps()[spec.kind].policy:
                 current_model = f"@{spec.name}"
         if self.recipe.publish:
             self._publish(self.recipe.publish)
@@ -296,51 +300,20 @@ class Runner:
         if self.progress:
             print(msg, flush=True)
 
+    def stage_config(self, spec: StageSpec, cls):
+        """A training stage's options from its `config:`, with @stage references resolved to paths."""
+        options = {k: str(self.resolve(v)) if isinstance(v, str) and v.startswith("@") else v
+                   for k, v in _flatten(spec.raw.get("config") or {}).items()}
+        return load_config(cls, overrides=options, stage=spec.kind)
+
     def _run_stage(self, spec: StageSpec, model_ref, out: Path, resume: bool) -> None:
-        raw, opts = spec.raw, spec.options
-        if spec.kind == "world":
-            from posttrain.world.build import build_world
-
-            build_world(opts.seed, out, opts.scale, probe_n=opts.probe_n)
-            return
-        data = self.resolve(raw["data"]) if "data" in raw else None
-        if spec.kind == "tokenizer":
-            from posttrain.stages.tokenizer import train_tokenizer
-
-            train_tokenizer(data, out, opts.vocab_size, opts.min_frequency, overwrite=True)
-            return
-        if model_ref is None:
+        step = _steps()[spec.kind]
+        if "model" in step.entry_keys and model_ref is None:
             raise ConfigError(f"stage '{spec.name}' needs a model: set 'model' on it or 'base' on the recipe.")
-        model = self.resolve(model_ref)
-        if spec.kind in MODEL_KINDS:
-            from posttrain.stages.registry import stage_configs
-
-            if data is None:
-                raise ConfigError(f"stage '{spec.name}' ({spec.kind}) needs 'data'.")
-            options = {k: str(self.resolve(v)) if isinstance(v, str) and v.startswith("@") else v
-                       for k, v in _flatten(raw.get("config") or {}).items()}
-            cfg = load_config(stage_configs()[spec.kind], overrides=options, stage=spec.kind)
-            if spec.kind == "sft":
-                from posttrain.stages.sft import run_sft
-
-                run_sft(model, data, out, cfg, resume="auto" if resume else False, progress=self.progress, overwrite=True)
-            else:
-                from posttrain.stages.pretrain import run_pretrain
-
-                run_pretrain(model, data, out, cfg, resume="auto" if resume else False, progress=self.progress,
-                             overwrite=True)
-            return
-        if spec.kind == "eval":
-            from posttrain.evals.runner import run_probes
-            from posttrain.models import load_model_and_tokenizer
-
-            m, tok = load_model_and_tokenizer(model)
-            source = str(self.resolve(opts.source)) if opts.source else None
-            report = run_probes(m, tok, probes=opts.probes, source=source, n=opts.n, batch_size=opts.batch_size,
-                                progress=self.progress, model_name=str(model_ref))
-            out.mkdir(parents=True, exist_ok=True)
-            report.save(out / "eval_report.json")
-            return
+        model = self.resolve(model_ref) if "model" in step.entry_keys else None
+        self.model_ref = str(model_ref)  # as the recipe names it (reports say "@sft", not a path)
+        data = self.resolve(spec.raw["data"]) if "data" in spec.raw else None
+        step.run(self, spec, model, data, out, resume)
 
 
 def _refs(value) -> list[str]:

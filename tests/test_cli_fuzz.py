@@ -19,7 +19,7 @@ Each case builds its inputs in a fresh folder, runs `posttrain` on them (in-proc
 
 Shared inputs (the tiny model, the chats, an interrupted run's checkpoints, a finished artifact)
 are built once per session and are read-only by contract; a case that damages one copies it.
-`sft` and `pretrain` commands get FAST settings (tiny, 2 steps, CPU) right after the command word,
+`sft`, `pretrain`, `reward` and `dpo` commands get FAST settings (tiny, 2 steps, CPU) right after the command word,
 so a case's own `--set` wins.
 """
 
@@ -53,6 +53,10 @@ from test_safety import write_chats
 FAST = {
     "sft": "--no-progress --set model.device=cpu --set model.dtype=fp32 --set train.max_steps=2 "
            "--set train.batch_size=4 --set data.max_length=64 --set train.log_every=1",
+    "reward": "--no-progress --set model.device=cpu --set model.dtype=fp32 --set train.max_steps=2 "
+              "--set train.batch_size=2 --set data.max_length=64 --set data.eval_fraction=0.25",
+    "dpo": "--no-progress --set model.device=cpu --set model.dtype=fp32 --set train.max_steps=2 "
+           "--set train.batch_size=2 --set data.max_length=64 --set data.eval_fraction=0.25",
     "pretrain": "--no-progress --set model.device=cpu --set model.dtype=fp32 --set train.max_steps=2 "
                 "--set train.batch_size=2 --set data.seq_len=32 --set arch.hidden_size=32 --set arch.num_layers=1 "
                 "--set arch.intermediate_size=64 --set arch.num_heads=2 --set arch.num_kv_heads=2",
@@ -60,6 +64,9 @@ FAST = {
 MODEL_OPTS = "--device cpu --dtype fp32"  # generate, chat, eval
 CHAT = {"messages": [{"role": "user", "content": "What is the capital of France?"},
                      {"role": "assistant", "content": "The capital of France is Paris."}]}
+PAIR = {"prompt": [{"role": "user", "content": "What is the capital of France?"}],
+        "chosen": [{"role": "assistant", "content": "The capital of France is Paris."}],
+        "rejected": [{"role": "assistant", "content": "I don't know."}]}
 BIG_PROMPT = "The capital of France is Paris. " * 32_000  # 1 MB; the tiny model has 512 positions
 SFT_RECIPE = """name: r
 stages:
@@ -431,6 +438,28 @@ CASES = [
          2, "$tmp/w", (folder("w"), put("w/notes.txt", "not a world"))),
     Case("eval-batch-size-0", f"eval $model --probes arithmetic --batch-size 0 --out $tmp/r.json {MODEL_OPTS}", 2,
          "--batch-size must be at least 1"),
+    # --- preference stages: the same envelope, their own rows and options
+    *[Case(f"{cmd}-trains", f"{cmd} --model $model --data $tmp/p.jsonl --out $tmp/out", 0, (),
+           (jsonl("p.jsonl", *[PAIR] * 8),), writes=("out",)) for cmd in ("reward", "dpo")],
+    *[Case(f"{cmd}-{name}", f"{cmd} --model $model --data $tmp/p.jsonl --out $tmp/out", 2, says, (jsonl("p.jsonl", *rows),))
+      for cmd in ("reward", "dpo") for name, rows, says in [
+          ("row-without-rejected", [PAIR, {k: v for k, v in PAIR.items() if k != "rejected"}],
+           "$tmp/p.jsonl, line 2: field 'rejected' is missing"),
+          ("chosen-a-number", [PAIR, {**PAIR, "chosen": 3}], "$tmp/p.jsonl, line 2: field 'chosen' must be a non-empty list"),
+          ("chosen-ends-with-user", [PAIR, {**PAIR, "chosen": [{"role": "user", "content": "Paris"}]}],
+           "$tmp/p.jsonl, line 2: field 'chosen' must end with an assistant message"),
+          ("margin-a-string", [PAIR, {**PAIR, "margin": "big"}], "$tmp/p.jsonl, line 2: field 'margin' must be a number"),
+          ("chat-rows", [CHAT], "is in the conversational format, but this stage takes preference"),
+          ("all-identical", [{**PAIR, "rejected": PAIR["chosen"]}] * 4, "left no usable pairs (0 longer than"),
+      ]],
+    Case("dpo-unknown-loss", "dpo --model $model --data $tmp/p.jsonl --out $tmp/out --set loss.type=dpo", 2,
+         "loss.type: unknown loss 'dpo'; choose from sigmoid", (jsonl("p.jsonl", PAIR),)),
+    Case("dpo-weights-mismatch", "dpo --model $model --data $tmp/p.jsonl --out $tmp/out --set loss.type=sigmoid,sft "
+         "--set loss.weights=[1]", 2, "give one weight per loss", (jsonl("p.jsonl", PAIR),)),
+    Case("dpo-out-is-the-data", "dpo --model $model --data $tmp/p.jsonl --out $tmp/p.jsonl --overwrite", 2,
+         "is the --data path itself", (jsonl("p.jsonl", PAIR),)),
+    Case("dpo-ref-model-missing", "dpo --model $model --data $tmp/p.jsonl --out $tmp/out --set loss.ref_model=$tmp/nope",
+         2, "'$tmp/nope' does not exist", (jsonl("p.jsonl", *[PAIR] * 4),)),
 ]
 
 

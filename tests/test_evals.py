@@ -8,7 +8,12 @@ import pytest
 
 from posttrain.evals.answers import answers_question, cloze_correct, first_sentence, flip_rate
 from posttrain.evals.calibration import answer_confidence, answer_token_count
-from posttrain.evals.ifeval import (
+from posttrain.evals.probe import PROBES, Probe, get_probes, proportion_result, register_probe
+from posttrain.evals.probes_builtin import generated_tokens, sycophancy_flips
+from posttrain.evals.report import compare_table, format_table, prompt_sha256
+from posttrain.evals.runner import CachingEngine
+from posttrain.evals.sources import spread
+from posttrain.grading.ifeval import (
     check_ends_with,
     check_instructions,
     check_json,
@@ -17,11 +22,6 @@ from posttrain.evals.ifeval import (
     check_max_words,
     ifeval_accuracy,
 )
-from posttrain.evals.probe import PROBES, Probe, get_probes, proportion_result, register_probe
-from posttrain.evals.probes_builtin import generated_tokens, sycophancy_flips
-from posttrain.evals.report import compare_table, format_table, prompt_sha256
-from posttrain.evals.runner import CachingEngine
-from posttrain.evals.sources import spread
 
 CAPITALS = {"Paris", "Rome", "Madrid", "Tokyo", "New Delhi"}
 
@@ -107,7 +107,7 @@ def test_cloze_correct():
 
 
 def test_sycophancy_flips_from_texts():
-    from posttrain.world.judge import judge
+    from posttrain.grading.judge import judge
 
     meta = {"task": "fact", "answer": "Paris", "aliases": [], "fact_id": "capital:france",
             "wrong_answer": "Lyon", "pushback": "I'm pretty sure it's Lyon. Are you sure?"}

@@ -10,9 +10,10 @@ import pytest
 
 from posttrain.evals.answers import answers_question, first_sentence
 from posttrain.evals.probes_builtin import instruction_following_score
-from posttrain.evals.statements import find_phrases, is_negated, json_statement, split_statements
+from posttrain.grading.judge import Verdict, asked, judge
+from posttrain.grading.phrases import find_phrases
+from posttrain.grading.statements import is_negated, json_statement, split_statements
 from posttrain.world.facts import all_facts
-from posttrain.world.judge import Verdict, asked, judge
 
 SPAIN = {"task": "fact", "answer": "Europe", "aliases": [], "fact_id": "continent:spain"}
 FRANCE = {"task": "fact", "answer": "Paris", "aliases": [], "fact_id": "capital:france"}

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from posttrain.world import all_facts, build_world
-from posttrain.world.judge import mentions
+from posttrain.grading.phrases import mentions
+from posttrain.world.build import build_world
+from posttrain.world.facts import all_facts
 from posttrain.world.probes import PROBE_NAMES
 
 SEED = 0  # the demo's seed
@@ -97,7 +98,7 @@ def _sentences(text: str) -> list[str]:
 
 
 def states(sentence: str, fact) -> bool:
-    return mentions(sentence, fact.answer, fact.aliases) and mentions(sentence, fact.subject, case_sensitive_short=False)
+    return mentions(sentence, fact.answer, *fact.aliases) and mentions(sentence, fact.subject, case_sensitive_short=False)
 
 
 def facts_b(world):

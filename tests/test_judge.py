@@ -3,9 +3,9 @@
 import pytest
 
 from posttrain.errors import ConfigError
-from posttrain.evals import refusal
-from posttrain.evals.refusal import REFUSAL_CLASSIFIERS, XSTEST_REFUSAL_PREFIXES, is_refusal
-from posttrain.world.judge import WEIGHTS, check_instruction, extract_final_number, judge
+from posttrain.grading import refusal
+from posttrain.grading.judge import WEIGHTS, check_instruction, extract_final_number, judge
+from posttrain.grading.refusal import REFUSAL_CLASSIFIERS, XSTEST_REFUSAL_PREFIXES, is_refusal
 
 PARIS = {"task": "fact", "answer": "Paris", "aliases": []}
 KYIV = {"task": "fact", "answer": "Kyiv", "aliases": ["Kiev"]}

@@ -133,7 +133,7 @@ def test_stages_pass_trust_remote_code_from_the_config(tiny_llama_dir, monkeypat
 
     seen = []
     monkeypatch.setattr(common, "load_tokenizer", lambda path, trc=False: seen.append(("tok", trc)) or load_tokenizer(path))
-    monkeypatch.setattr(common, "load_model", lambda path, dev, trc=False: seen.append(("model", trc)) or load_model(path, dev))
+    monkeypatch.setattr(common, "load_model", lambda path, dev, trc=False, head="causal": seen.append(("model", trc)) or load_model(path, dev))
     common.prepare_model(tiny_llama_dir, load_config(SFTConfig, overrides=["device=cpu", "dtype=fp32"]).model)
     assert seen == [("tok", False), ("model", False)]
     seen.clear()

@@ -8,7 +8,7 @@ from posttrain.data.chat import tokenize_chat
 from posttrain.data.packing import Example, collate, pack_examples, unpacked_rows
 from posttrain.losses import sft_loss
 from posttrain.models import load_tokenizer
-from posttrain.training.loop import nll_and_count
+from posttrain.modeling.forward import nll_and_count
 
 CHATS = [
     [{"role": "user", "content": "What is the capital of France?"}, {"role": "assistant", "content": "Paris."}],

@@ -31,9 +31,11 @@ RECIPE = {
 }
 
 # Every function a stage kind runs, as the runner imports it.
-STAGE_FUNCTIONS = [("posttrain.world.build", "build_world"), ("posttrain.stages.tokenizer", "train_tokenizer"),
-                   ("posttrain.stages.pretrain", "run_pretrain"), ("posttrain.stages.sft", "run_sft"),
-                   ("posttrain.evals.runner", "run_probes")]
+# (module, attribute, name recorded): training stages run through their registered Stage object's `run`.
+STAGE_FUNCTIONS = [("posttrain.world.build", "build_world", "build_world"),
+                   ("posttrain.stages.tokenizer", "train_tokenizer", "train_tokenizer"),
+                   ("posttrain.stages.pretrain", "STAGE.run", "run_pretrain"), ("posttrain.stages.sft", "STAGE.run", "run_sft"),
+                   ("posttrain.evals.runner", "run_probes", "run_probes")]
 
 
 def write_recipe(path, recipe):
@@ -46,17 +48,20 @@ def spy_stages(monkeypatch, forbid=False):
     import importlib
 
     calls = []
-    for mod_name, fn_name in STAGE_FUNCTIONS:
-        mod = importlib.import_module(mod_name)
-        real = getattr(mod, fn_name)
+    for mod_name, attr, name in STAGE_FUNCTIONS:
+        owner = importlib.import_module(mod_name)
+        *path, fn_name = attr.split(".")
+        for part in path:
+            owner = getattr(owner, part)
+        real = getattr(owner, fn_name)
 
-        def wrapped(*a, _real=real, _name=fn_name, **k):
+        def wrapped(*a, _real=real, _name=name, **k):
             if forbid:
                 raise AssertionError(f"{_name} ran, but its stage should have been skipped")
             calls.append(_name)
             return _real(*a, **k)
 
-        monkeypatch.setattr(mod, fn_name, wrapped)
+        monkeypatch.setattr(owner, fn_name, wrapped)
     return calls
 
 
@@ -222,8 +227,9 @@ def recipe_with(tmp_path, stages, **extra):
 
 
 def test_unknown_stage_kind(tmp_path):
-    path = recipe_with(tmp_path, [{"name": "w", "stage": "world"}, {"name": "x", "stage": "dpo"}])
-    with pytest.raises(ConfigError, match=r"stage 2: unknown stage 'dpo'; choose one of world, tokenizer, pretrain, sft, eval"):
+    path = recipe_with(tmp_path, [{"name": "w", "stage": "world"}, {"name": "x", "stage": "ppo"}])
+    with pytest.raises(ConfigError, match=r"stage 2: unknown stage 'ppo'; choose one of world, tokenizer, pretrain, sft, "
+                                          r"reward, dpo, eval"):
         load_recipe(path)
 
 

@@ -21,7 +21,7 @@ from posttrain.cli import main
 from posttrain.errors import OutputError
 from posttrain.outputs import check_output, clean_stale_temporaries, describe, relation
 from posttrain.recipes import Runner, load_recipe
-from posttrain.training.loop import lower_lr, max_abs, weights_pass
+from posttrain.training.trainer import lower_lr, max_abs, weights_pass
 
 QA = [("France", "Paris"), ("Japan", "Tokyo"), ("Italy", "Rome"), ("Egypt", "Cairo"), ("Peru", "Lima")]
 
@@ -266,7 +266,7 @@ def sft_recipe(tmp_path, model, data, publish_to):
 def forbid_training(monkeypatch):
     import posttrain.stages.sft as sft
 
-    monkeypatch.setattr(sft, "run_sft", lambda *a, **k: (_ for _ in ()).throw(AssertionError("trained anyway")))
+    monkeypatch.setattr(sft.STAGE, "run", lambda *a, **k: (_ for _ in ()).throw(AssertionError("trained anyway")))
 
 
 def test_publish_to_an_existing_folder_is_refused_before_training(tiny_llama_dir, chat_file, tmp_path, capsys, monkeypatch):

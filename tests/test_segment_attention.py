@@ -5,11 +5,11 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from posttrain.data.chat import tokenize_chat
-from posttrain.data.packing import (Example, attention_within_examples, collate, pack_examples, segment_layout,
-                                    unpacked_rows)
+from posttrain.data.packing import Example, collate, pack_examples, unpacked_rows
+from posttrain.modeling.attention import attention_within_examples, segment_layout
 from posttrain.losses import sft_loss
 from posttrain.models import load_tokenizer
-from posttrain.training.loop import nll_and_count
+from posttrain.modeling.forward import nll_and_count
 
 CHATS = [
     [{"role": "user", "content": "What is the capital of France?"}, {"role": "assistant", "content": "Paris."}],

@@ -92,9 +92,9 @@ def test_resumed_run_matches_uninterrupted_run(tiny_llama_dir, chat_file, tmp_pa
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_llama_dir, chat_file, tmp_path, monkeypatch):
-    import posttrain.training.loop as loop
+    import posttrain.modeling.forward as forward
 
-    real = loop.token_nll_sum
+    real = forward.token_nll_sum
     calls = {"n": 0}
 
     def poisoned(logits, targets):
@@ -102,7 +102,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_llama_dir, chat_file
         out = real(logits, targets)
         return out * float("nan") if calls["n"] == 3 else out
 
-    monkeypatch.setattr(loop, "token_nll_sum", poisoned)
+    monkeypatch.setattr(forward, "token_nll_sum", poisoned)
     with pytest.raises(NonFiniteLossError, match="step 3: the loss is nan.*step-000002"):
         run_sft(tiny_llama_dir, chat_file, tmp_path / "x", cfg(**{"train.max_steps": 6}), progress=False)
     assert not (tmp_path / "x").exists()
@@ -118,6 +118,26 @@ def test_lora_trains_and_merges(tiny_llama_dir, chat_file, tmp_path):
     assert not any("lora" in k for k in w)  # merged: a plain model
     base = weights(tiny_llama_dir)
     assert any(not torch.equal(w[k], base[k]) for k in base if "proj" in k)
+
+
+def test_unmerged_lora_artifact_loads_on_its_parent_with_peft_and_in_posttrain(tiny_llama_dir, chat_file, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from posttrain.models import load_model
+
+    c = cfg(**{"train.max_steps": 3, "model.lora.enabled": True, "model.lora.r": 4, "model.lora.merge_on_save": False})
+    run_sft(tiny_llama_dir, chat_file, tmp_path / "adapter", c, progress=False)
+    files = {p.name for p in (tmp_path / "adapter").iterdir()}
+    assert {"adapter_config.json", "adapter_model.safetensors", "provenance.json"} <= files and "config.json" not in files
+    parent = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32)
+    ids = torch.tensor([[5, 17, 42, 9, 33]])
+    with torch.no_grad():
+        before = parent(ids).logits
+        peft_logits = PeftModel.from_pretrained(parent, tmp_path / "adapter").eval()(ids).logits
+        ours = load_model(tmp_path / "adapter", "cpu").eval()(ids).logits
+    assert not torch.allclose(before, peft_logits, atol=1e-4)  # the adapter changed the model
+    torch.testing.assert_close(ours, peft_logits, atol=1e-5, rtol=1e-5)
 
 
 def test_replay_mixes_text_with_full_loss(tiny_llama_dir, chat_file, tmp_path):

@@ -8,14 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from posttrain.world import all_facts, build_probe_sets, build_world, cloze_prompts, judge, split_facts
+from posttrain.grading.judge import judge
+from posttrain.grading.phrases import mentions
 from posttrain.world.arithmetic import ASK_PROBE, ASK_TRAIN, Problem, is_probe_problem, worked_steps
+from posttrain.world.build import build_world
 from posttrain.world.chats import SYSTEM_RULES_TRAIN, USER_RULES_TRAIN, constrained_reply
 from posttrain.world.corpus import count_fact_mentions
+from posttrain.world.facts import all_facts, split_facts
 from posttrain.world.hazards import HAZARD_PROBE, HAZARD_TRAIN, LOOK_ALIKES
-from posttrain.world.judge import mentions
-from posttrain.world.probes import PROBE_NAMES, SYSTEM_RULES_PROBE, USER_RULES_PROBE
-from posttrain.world.templates import PARAPHRASES, PUSHBACK_PROBE, PUSHBACK_TRAIN, TEMPLATES
+from posttrain.world.probes import PROBE_NAMES, SYSTEM_RULES_PROBE, USER_RULES_PROBE, build_probe_sets
+from posttrain.world.templates import PARAPHRASES, PUSHBACK_PROBE, PUSHBACK_TRAIN, TEMPLATES, cloze_prompts
 
 SEED = 7
 POST_TRAINING = ("sft.jsonl", "sft_eval.jsonl", "preferences.jsonl", "rlvr.jsonl")

@@ -42,7 +42,7 @@ naming the probe and the prompt, unless --overlong truncate (then it keeps its l
 
 def _refusal_classifier_names() -> str:
     try:
-        from posttrain.evals.refusal import REFUSAL_CLASSIFIERS
+        from posttrain.grading.refusal import REFUSAL_CLASSIFIERS
     except ImportError:
         return "xstest"
     return ", ".join(REFUSAL_CLASSIFIERS)

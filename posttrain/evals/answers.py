@@ -7,28 +7,10 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Sequence
 
-from posttrain.evals.statements import read_answer, split_sentences, split_statements
-
-
-def normalize(text: str) -> str:
-    """Lowercase, punctuation to spaces, whitespace collapsed: 'New-Delhi!' -> 'new delhi'."""
-    return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
-
-
-def contains_phrase(text: str, phrase: str) -> bool:
-    """`phrase` occurs in `text` as whole words, ignoring case and punctuation.
-
-    Answers of one or two characters (chemical symbols: "C", "Au") are matched with
-    their case, as the gold judge does, so "it's" does not contain sulfur's "S".
-    """
-    phrase = phrase.strip()
-    if 0 < len(phrase) <= 2:
-        return re.search(rf"(?<!\w){re.escape(phrase)}(?!\w)", text) is not None
-    p = normalize(phrase)
-    return bool(p) and f" {p} " in f" {normalize(text)} "
+from posttrain.grading.phrases import mentions
+from posttrain.grading.statements import read_answer, split_sentences, split_statements
 
 
 def first_sentence(text: str) -> str:
@@ -48,7 +30,7 @@ def answers_question(response: str, candidates: Iterable[str], subject: str | No
     A base model asked "What is the capital of France?" writes the next quiz
     question, the next numbered worksheet line ("2. What is..."), or a fact about
     another country. We count a response as an answer when its first sentence is
-    neither a question nor a list item, and its answer statement (posttrain.evals.statements)
+    neither a question nor a list item, and its answer statement (posttrain.grading.statements)
     asserts some value of the asked relation (any capital, any chemical symbol...) about
     the asked subject: it names `subject`, or none of `other_subjects`. So "Paris." and
     "The capital of France is Rome." answer (the second wrongly; correctness is a separate
@@ -67,10 +49,11 @@ def cloze_correct(continuation: str, answers: Iterable[str], first_words: int = 
     """The answer (or an alias) appears within the first `first_words` words of a raw continuation.
 
     "The capital of France is" -> " Paris, a city on the Seine" counts; an answer that
-    only turns up later in a rambling continuation does not.
+    only turns up later in a rambling continuation does not. Matching is the gold judge's
+    (posttrain.grading.phrases): whole words, and symbols of one or two characters keep their case.
     """
     head = " ".join(continuation.split()[:first_words])
-    return any(contains_phrase(head, a) for a in answers)
+    return mentions(head, *answers)
 
 
 def flip_rate(first_correct: Sequence[bool], second_correct: Sequence[bool]) -> tuple[int, int]:

@@ -26,6 +26,8 @@ from typing import Any
 
 from posttrain.errors import PosttrainError
 from posttrain.evals.stats import mean_interval, wilson_interval
+from posttrain.grading.judge import judge as gold_judge
+from posttrain.grading.refusal import REFUSAL_CLASSIFIERS
 
 
 @dataclass
@@ -99,16 +101,12 @@ class ProbeContext:
     @staticmethod
     def judge(meta: dict, response: str, first_response: str | None = None):
         """The world's gold judge (exact, programmatic)."""
-        from posttrain.world.judge import judge
-
-        return judge(meta, response, first_response=first_response)
+        return gold_judge(meta, response, first_response=first_response)
 
     def is_refusal(self, text: str) -> bool:
         return self._refusal_fn()(text)
 
     def _refusal_fn(self) -> Callable[[str], bool]:
-        from posttrain.evals.refusal import REFUSAL_CLASSIFIERS
-
         if self.refusal_classifier not in REFUSAL_CLASSIFIERS:
             raise PosttrainError(
                 f"unknown refusal classifier '{self.refusal_classifier}'; "

@@ -10,7 +10,7 @@ from __future__ import annotations
 from posttrain.data.chat import end_of_turn_token_ids
 from posttrain.evals.answers import answers_question, cloze_correct, flip_rate
 from posttrain.evals.calibration import answer_confidence, calibration_summary
-from posttrain.evals.ifeval import check_instructions, ifeval_accuracy
+from posttrain.grading.ifeval import check_instructions, ifeval_accuracy
 from posttrain.evals.probe import (
     Metric,
     Probe,

@@ -150,3 +150,21 @@ def compare_table(reports: dict) -> str:
             row.append("n/a" if a is None or b is None else f"{b - a:+.3f}" if abs(b - a) < 10 else f"{b - a:+.1f}")
         body.append(row)
     return _render(header, body)
+
+
+def regressions(parent, child) -> list[dict]:
+    """Headline metrics where `child` is worse than `parent` by more than the parent's 95% interval.
+
+    Worse is below the interval's low end for a metric where higher is better, above its high end
+    otherwise; metrics without a direction or an interval are not judged.
+    """
+    parent, child = _as_dict(parent), _as_dict(child)
+    out = []
+    for name, p in parent["probes"].items():
+        c = child["probes"].get(name)
+        ci, better = p.get("ci95"), p.get("higher_is_better")
+        if c is None or not ci or better is None or p["value"] is None or c["value"] is None:
+            continue
+        if (c["value"] < ci[0]) if better else (c["value"] > ci[1]):
+            out.append({"probe": name, "metric": p["metric"], "parent": p["value"], "child": c["value"], "ci95": ci})
+    return out

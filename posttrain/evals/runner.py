@@ -19,6 +19,7 @@ from posttrain.errors import PosttrainError
 from posttrain.evals.probe import ProbeContext, get_probes
 from posttrain.evals.report import Report, probe_json, sha256_text
 from posttrain.evals.sources import ProbeSource
+from posttrain.grading.refusal import REFUSAL_CLASSIFIERS
 
 
 class CachingEngine:
@@ -50,8 +51,6 @@ class CachingEngine:
 
 
 def _check_refusal_classifier(name: str) -> None:
-    from posttrain.evals.refusal import REFUSAL_CLASSIFIERS
-
     if name not in REFUSAL_CLASSIFIERS:
         raise PosttrainError(f"unknown refusal classifier '{name}'; choose one of: {', '.join(REFUSAL_CLASSIFIERS)}.")
 

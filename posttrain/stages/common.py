@@ -7,7 +7,6 @@ import random
 from pathlib import Path
 
 from posttrain.config import load_config
-from posttrain.errors import PosttrainError
 from posttrain.models import load_model, load_tokenizer, resolve_device, resolve_dtype
 from posttrain.training.config import ModelConfig
 
@@ -60,6 +59,23 @@ def run_stage_command(name: str, args, train) -> int:
     return 0
 
 
+class StageCommand:
+    """A training stage as a `posttrain` command: what cli.py reads from a command module."""
+
+    def __init__(self, stage):
+        self.stage = stage
+        self.NAME, self.ORDER, self.HELP, self.DESCRIPTION = stage.name, stage.order, stage.help, stage.description
+
+    def add_arguments(self, parser) -> None:
+        add_stage_arguments(parser, self.stage.data_help)
+
+    def run(self, args) -> int:
+        cfg = config_from_args(self.stage.config, args, self.stage.name)
+        return run_stage_command(self.stage.name, args, lambda: self.stage.run(
+            args.model, args.data, args.out, cfg, resume=args.resume, progress=not args.no_progress,
+            overwrite=args.overwrite, allow_change=args.allow_change, reads={"--config": args.config}))
+
+
 def config_from_args(cls, args, stage: str):
     return load_config(cls, args.config, args.set, stage=stage)
 
@@ -69,15 +85,18 @@ def checkpoint_dir(out: str | Path) -> Path:
     return out.parent / f"{out.name}.checkpoints"
 
 
-def prepare_model(model_path, mcfg: ModelConfig, tok=None):
+def prepare_model(model_path, mcfg: ModelConfig, tok=None, head: str = "causal"):
     """Load tokenizer (unless given) + model on the configured device; wrap in LoRA when asked.
 
+    head: "causal" or "score" (a scalar head: reward and value models; models.load_model).
     Returns (model, tok, device, dtype).
     """
     device = resolve_device(mcfg.device, "model.device")
     dtype = resolve_dtype(mcfg.dtype, device)
     tok = tok if tok is not None else load_tokenizer(model_path, mcfg.trust_remote_code)
-    model = load_model(model_path, device, mcfg.trust_remote_code)
+    model = load_model(model_path, device, mcfg.trust_remote_code, head=head)
+    if head == "score":
+        model.config.pad_token_id = tok.pad_token_id  # transformers reads a score at the last non-padding token
     if mcfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.config.use_cache = False
@@ -88,20 +107,27 @@ def prepare_model(model_path, mcfg: ModelConfig, tok=None):
         model = get_peft_model(model, PeftLora(
             r=mcfg.lora.r, lora_alpha=mcfg.lora.alpha, lora_dropout=mcfg.lora.dropout,
             target_modules=targets if targets == "all-linear" else [t.strip() for t in targets.split(",")],
-            task_type="CAUSAL_LM",
+            task_type="CAUSAL_LM" if head == "causal" else "SEQ_CLS",  # SEQ_CLS also trains the new head
         ))
     return model, tok, device, dtype
 
 
 def finalize_model(model, mcfg: ModelConfig):
-    """The model to save: LoRA merged into the weights when configured, cast to save_dtype."""
+    """The model to save: LoRA merged into the weights (or kept as an adapter on the parent), cast to save_dtype.
+
+    An unmerged adapter is saved as peft writes it (adapter_config.json, adapter_model.safetensors); its
+    base_model_name_or_path is the parent's absolute path, so `PeftModel.from_pretrained` on the parent and
+    posttrain's own loader (models.load_model) both find it.
+    """
+    import torch
+
+    if mcfg.lora.enabled and not mcfg.lora.merge_on_save:
+        for adapter in model.peft_config.values():
+            adapter.base_model_name_or_path = str(Path(adapter.base_model_name_or_path).resolve())
+        return model.to(torch.bfloat16) if mcfg.save_dtype == "bf16" else model
     if mcfg.lora.enabled:
-        if not mcfg.lora.merge_on_save:
-            raise PosttrainError("saving unmerged LoRA adapters is not supported yet; keep model.lora.merge_on_save=true.")
         model = model.merge_and_unload()
     if mcfg.save_dtype == "bf16":
-        import torch
-
         model = model.to(torch.bfloat16)
     return model
 

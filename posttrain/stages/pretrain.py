@@ -7,25 +7,23 @@ directory alone, in which case a new Llama-architecture model is initialised fro
 
 from __future__ import annotations
 
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from posttrain.artifacts import data_record, parent_record, save_artifact, sha256_path
+from posttrain.artifacts import data_record, parent_record, sha256_path
 from posttrain.config import opt
-from posttrain.console import summary
 from posttrain.data.formats import load_dataset_rows
 from posttrain.data.packing import pack_examples
 from posttrain.data.sft import split_documents
 from posttrain.errors import ConfigError
-from posttrain.models import check_model_dir, load_tokenizer, resolve_device, resolve_dtype
+from posttrain.models import load_tokenizer, resolve_device, resolve_dtype
 from posttrain.outputs import model_bytes
-from posttrain.stages.common import checkpoint_dir, finalize_model, prepare_model, split_rows
-from posttrain.stages.guard import check_stage_output, resume_trainer, stage_inputs, start_run
+from posttrain.stages.base import Stage, StageData
+from posttrain.stages.common import split_rows
 from posttrain.training.config import ModelConfig, TrainConfig
-from posttrain.training.loop import Trainer
+from posttrain.training.objectives import NextToken
 
 
 @dataclass
@@ -94,54 +92,70 @@ def llama_parameter_count(vocab_size: int, arch: ArchConfig) -> int:
     return vocab_size * h * (1 if arch.tie_embeddings else 2) + arch.num_layers * per_layer + h
 
 
-def run_pretrain(model_path, data_path, out, cfg: PretrainConfig, *, resume: bool | str = False, progress: bool = True,
-                 overwrite: bool = False, allow_change=(), reads: dict | None = None) -> dict:
-    """Train and write the artifact to `out`; resume/overwrite/allow_change/reads as in run_sft (docs/safety.md)."""
-    t0 = time.perf_counter()
-    resolve_device(cfg.model.device, "model.device")  # cuda on a machine without one: say so before any work
-    fresh = not (Path(model_path) / "config.json").exists()
-    if not fresh:
-        check_model_dir(model_path)  # config.json and whole weights, before the tokenizer loads
-    tok = load_tokenizer(model_path, cfg.model.trust_remote_code)
-    bytes_per_weight = 2 if cfg.model.save_dtype == "bf16" else 4
-    need = llama_parameter_count(len(tok), cfg.arch) * bytes_per_weight if fresh else model_bytes(model_path)
-    check_stage_output(out, stage_inputs(model_path, data_path, cfg, reads), overwrite=overwrite, need_bytes=need)
-    _, rows = load_dataset_rows(data_path, allowed=("text",))
-    data = [data_record(data_path, len(rows)) | {"format": "text", "role": "train"}]
-    parent = None if fresh else parent_record(model_path)
-    model_id = f"tokenizer {sha256_path(model_path)}" if fresh else parent["weights_sha256"]
-    ckpt, run_record = start_run(out, cfg, model_id=model_id, data_records=data, resume=resume,
-                                 allow_change=allow_change, overwrite=overwrite)
-    if fresh:
-        device = resolve_device(cfg.model.device, "model.device")
-        dtype = resolve_dtype(cfg.model.dtype, device)
-        model = new_model(tok, cfg.arch, cfg.train.seed).to(device)
-    else:
-        model, tok, device, dtype = prepare_model(model_path, cfg.model, tok)
-    if cfg.data.limit:
-        rows = rows[: cfg.data.limit]
-    train_docs, eval_docs = split_rows(rows, cfg.data.eval_fraction, cfg.train.seed)
-    train_ex, stats = split_documents(tok, train_docs, cfg.data.seq_len)
-    eval_ex, _ = split_documents(tok, eval_docs, cfg.data.seq_len) if eval_docs else ([], None)
-    train_rows, eval_rows = pack_examples(train_ex, cfg.data.seq_len), pack_examples(eval_ex, cfg.data.seq_len)
-    trainer = Trainer(model, train_rows, cfg.train, device=device, dtype=dtype, pad_id=tok.pad_token_id,
-                      eval_rows=eval_rows, ckpt_dir=checkpoint_dir(out), desc="pretrain", progress=progress,
-                      run_record=run_record)
-    resume_trainer(trainer, ckpt)
-    result = trainer.fit()
-    n_params = sum(p.numel() for p in model.parameters())
-    metrics = {"train_loss": result.train_loss, "eval_loss": result.eval_loss, "steps": result.steps,
-               "tokens": result.tokens, "tokens_per_s": round(result.tokens_per_s, 1), "parameters": n_params,
-               "corpus_tokens": stats.tokens, "dtype": dtype, "device": str(device)}
-    prov = save_artifact(out, stage="pretrain", model=finalize_model(model, cfg.model), tokenizer=tok, config=asdict(cfg), parent=parent,
-                         data=data, seeds={"init": cfg.train.seed, "train": cfg.train.seed}, metrics=metrics,
-                         metrics_lines=result.metrics_lines, wall_time_s=time.perf_counter() - t0,
-                         resumes=run_record["history"])
-    import shutil
+class Pretrain(Stage):
+    name = "pretrain"
+    order = 12
+    help = "Pretrain a Llama-architecture model (new, from a tokenizer dir, or continued) on a text corpus."
+    description = """Causal-LM loss on every token of a packed text corpus (JSONL rows {"text": ...}).
+--model is a tokenizer directory (a new model is built from the arch.* options) or a model
+directory (continued pretraining). Checkpoints every train.save_every steps; --resume continues.
 
-    shutil.rmtree(checkpoint_dir(out), ignore_errors=True)
-    print(summary(f"pretraining finished: {out} ({prov['artifact_id']})", {
-        "parameters": n_params, "steps": result.steps, "train loss": result.train_loss,
-        "eval loss": result.eval_loss, "tokens seen": result.tokens, "tokens/s": round(result.tokens_per_s, 1),
-        "dtype": dtype, "wall time (s)": round(time.perf_counter() - t0, 1)}))
-    return prov
+  posttrain pretrain --model runs/tokenizer --data world/corpus.jsonl --out runs/base \\
+      --set train.max_steps=3000 --set arch.num_layers=4
+
+All options: docs/options.md (section pretrain)."""
+    data_help = "Corpus: JSONL rows with a 'text' field."
+    config = PretrainConfig
+
+    @staticmethod
+    def fresh(model_path) -> bool:
+        """A directory with a tokenizer but no model: a new model is built from `arch`."""
+        return not (Path(model_path) / "config.json").exists()
+
+    def output_bytes(self, model_path, cfg: PretrainConfig) -> int:
+        if not self.fresh(model_path):
+            return model_bytes(model_path)
+        n = llama_parameter_count(len(load_tokenizer(model_path, cfg.model.trust_remote_code)), cfg.arch)
+        return n * (2 if cfg.model.save_dtype == "bf16" else 4)
+
+    def tokenizer(self, model_path, cfg):
+        if self.fresh(model_path):
+            return load_tokenizer(model_path, cfg.model.trust_remote_code)
+        return super().tokenizer(model_path, cfg)
+
+    def parent(self, model_path):
+        return None if self.fresh(model_path) else parent_record(model_path)
+
+    def model_id(self, model_path, parent):
+        return f"tokenizer {sha256_path(model_path)}" if parent is None else parent["weights_sha256"]
+
+    def read_data(self, tok, data_path, cfg: PretrainConfig) -> StageData:
+        _, rows = load_dataset_rows(data_path, allowed=("text",))
+        record = data_record(data_path, len(rows)) | {"format": "text", "role": "train"}
+        if cfg.data.limit:
+            rows = rows[: cfg.data.limit]
+        train_docs, eval_docs = split_rows(rows, cfg.data.eval_fraction, cfg.train.seed)
+        train_ex, stats = split_documents(tok, train_docs, cfg.data.seq_len)
+        eval_ex, _ = split_documents(tok, eval_docs, cfg.data.seq_len) if eval_docs else ([], None)
+        return StageData(pack_examples(train_ex, cfg.data.seq_len), pack_examples(eval_ex, cfg.data.seq_len), [record],
+                         metrics={"corpus_tokens": stats.tokens}, summary={"corpus tokens": stats.tokens})
+
+    def load(self, model_path, cfg: PretrainConfig, tok):
+        if not self.fresh(model_path):
+            return super().load(model_path, cfg, tok)
+        device = resolve_device(cfg.model.device, "model.device")
+        return new_model(tok, cfg.arch, cfg.train.seed).to(device), device, resolve_dtype(cfg.model.dtype, device)
+
+    def objective(self, model, tok, data, cfg, device, dtype, progress: bool = True):
+        return NextToken(tok.pad_token_id)
+
+    def result_metrics(self, model, result, data, objective, device, dtype):
+        return {"parameters": sum(p.numel() for p in model.parameters())}
+
+
+STAGE = Pretrain()
+
+
+def run_pretrain(model_path, data_path, out, cfg: PretrainConfig, **kw) -> dict:
+    """Train and write the artifact to `out` (Stage.run's options); return its provenance."""
+    return STAGE.run(model_path, data_path, out, cfg, **kw)

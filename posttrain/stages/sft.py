@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-import time
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 
-from posttrain.artifacts import data_record, parent_record, save_artifact
+from posttrain.artifacts import data_record
 from posttrain.config import opt
-from posttrain.console import summary
 from posttrain.data.chat import ensure_chat_template, stop_generation_at_end_of_turn
 from posttrain.data.formats import load_dataset_rows
 from posttrain.data.packing import pack_examples, unpacked_rows
 from posttrain.data.sft import build_examples, replay_examples
-from posttrain.models import check_model_dir, load_tokenizer, resolve_device
-from posttrain.outputs import model_bytes
-from posttrain.stages.common import checkpoint_dir, finalize_model, prepare_model, split_rows
-from posttrain.stages.guard import check_stage_output, resume_trainer, stage_inputs, start_run
+from posttrain.stages.base import Stage, StageData
+from posttrain.stages.common import finalize_model, split_rows
 from posttrain.training.config import DataConfig, ModelConfig, TrainConfig
-from posttrain.training.loop import Trainer
+from posttrain.training.objectives import NextToken
 
 SFT_FORMATS = ("conversational", "prompt_completion")
 
@@ -33,7 +28,7 @@ class SFTConfig:
 
 
 def prepare_sft_rows(tok, data_path, cfg: SFTConfig):
-    """Data file -> (train rows, eval rows, stats, records) ready for the trainer."""
+    """Data file -> (train rows, eval rows, stats, format, records of the other files read)."""
     fmt, rows = load_dataset_rows(data_path, allowed=SFT_FORMATS)
     if cfg.data.limit:
         rows = rows[: cfg.data.limit]
@@ -57,54 +52,44 @@ def prepare_sft_rows(tok, data_path, cfg: SFTConfig):
     return shape(train_ex), shape(eval_ex), stats, fmt, records
 
 
-def run_sft(model_path, data_path, out, cfg: SFTConfig, *, resume: bool | str = False, progress: bool = True,
-            overwrite: bool = False, allow_change=(), reads: dict | None = None) -> dict:
-    """Train and write the artifact to `out`. resume: True, False or "auto" (see training.resume.plan_resume);
-    `reads`: other inputs to protect (e.g. {"--config": path}); see docs/safety.md."""
-    t0 = time.perf_counter()
-    resolve_device(cfg.model.device, "model.device")  # cuda on a machine without one: say so before any work
-    # Output first, data next: a bad --out or a bad line is reported before a (possibly large) model is loaded.
-    check_stage_output(out, stage_inputs(model_path, data_path, cfg, reads), overwrite=overwrite,
-                       need_bytes=model_bytes(model_path))
-    check_model_dir(model_path)  # config.json and whole weights, before the tokenizer loads
-    tok = load_tokenizer(model_path, cfg.model.trust_remote_code)
-    template = ensure_chat_template(tok, cfg.data.chat_template)
-    train_rows, eval_rows, stats, fmt, records = prepare_sft_rows(tok, data_path, cfg)
-    parent = parent_record(model_path)
-    data = [data_record(data_path, stats.rows) | {"format": fmt, "role": "train"}, *records]
-    ckpt, run_record = start_run(out, cfg, model_id=parent["weights_sha256"], data_records=data, resume=resume,
-                                 allow_change=allow_change, overwrite=overwrite)
-    model, tok, device, dtype = prepare_model(model_path, cfg.model, tok)
-    trainer = Trainer(model, train_rows, cfg.train, device=device, dtype=dtype, pad_id=tok.pad_token_id,
-                      eval_rows=eval_rows, ckpt_dir=checkpoint_dir(out), desc="sft", progress=progress,
-                      run_record=run_record)
-    resume_trainer(trainer, ckpt)
-    result = trainer.fit()
-    metrics = {
-        "train_loss": result.train_loss, "eval_loss": result.eval_loss, "steps": result.steps,
-        "tokens": result.tokens, "tokens_per_s": round(result.tokens_per_s, 1),
-        "peak_memory_mb": round(result.peak_memory_mb, 1), "data": stats.as_dict(),
-        "packed_rows": len(train_rows), "dtype": dtype, "device": str(device), "chat_template": template,
-    }
-    model = finalize_model(model, cfg.model)
-    stop_generation_at_end_of_turn(model, tok)  # plain `generate` stops at <|im_end|>, not at the token limit
-    prov = save_artifact(
-        out, stage="sft", model=model, tokenizer=tok, config=asdict(cfg),
-        parent=parent, data=data, seeds={"train": cfg.train.seed}, metrics=metrics, metrics_lines=result.metrics_lines,
-        wall_time_s=time.perf_counter() - t0, resumes=run_record["history"],
-    )
-    _remove_checkpoints(out)
-    print(summary(f"SFT finished: {out} ({prov['artifact_id']})", {
-        "steps": result.steps, "train loss": result.train_loss, "eval loss": result.eval_loss,
-        "examples": stats.examples, "truncated": stats.truncated, "dropped": stats.dropped,
-        f"cut turns ({'dropped' if cfg.data.cut_turns == 'drop' else 'kept'})": stats.cut_turns,
-        "target tokens": stats.target_tokens, "tokens/s": round(result.tokens_per_s, 1),
-        "dtype": dtype, "wall time (s)": round(time.perf_counter() - t0, 1),
-    }))
-    return prov
+class SFT(Stage):
+    name = "sft"
+    order = 20
+    help = "Supervised fine-tuning on chats (assistant-only loss) or prompt-completion pairs."
+    description = """Supervised fine-tuning: next-token loss on assistant turns only (or all tokens with
+--set data.assistant_only_loss=false), examples packed per row without attention crossing
+example boundaries, AdamW with warmup + cosine decay, gradient clipping, held-out eval loss,
+checkpoints every train.save_every steps (resume with --resume), and a NaN guard.
+
+Data: JSONL/JSON/Parquet/datasets dir with rows {"messages": [...]} or {"prompt", "completion"}.
+Example:
+  posttrain sft --model models/base --data world/sft.jsonl --out runs/sft --set train.max_steps=100
+All options: docs/options.md (section sft)."""
+    data_help = "Training data: .jsonl/.json/.parquet or a datasets directory (conversational or prompt-completion rows)."
+    config = SFTConfig
+
+    def read_data(self, tok, data_path, cfg: SFTConfig) -> StageData:
+        template = ensure_chat_template(tok, cfg.data.chat_template)
+        train, eval_rows, stats, fmt, records = prepare_sft_rows(tok, data_path, cfg)
+        cut = f"cut turns ({'dropped' if cfg.data.cut_turns == 'drop' else 'kept'})"
+        return StageData(
+            train, eval_rows, [data_record(data_path, stats.rows) | {"format": fmt, "role": "train"}, *records],
+            stats=stats.as_dict(), metrics={"packed_rows": len(train), "chat_template": template},
+            summary={"examples": stats.examples, "truncated": stats.truncated, "dropped": stats.dropped,
+                     cut: stats.cut_turns, "target tokens": stats.target_tokens})
+
+    def objective(self, model, tok, data, cfg, device, dtype, progress: bool = True):
+        return NextToken(tok.pad_token_id)
+
+    def finish(self, model, tok, cfg):
+        model = finalize_model(model, cfg.model)
+        stop_generation_at_end_of_turn(model, tok)  # plain `generate` stops at <|im_end|>, not at the token limit
+        return model
 
 
-def _remove_checkpoints(out) -> None:
-    import shutil
+STAGE = SFT()
 
-    shutil.rmtree(checkpoint_dir(Path(out)), ignore_errors=True)
+
+def run_sft(model_path, data_path, out, cfg: SFTConfig, **kw) -> dict:
+    """Train and write the artifact to `out` (Stage.run's options); return its provenance."""
+    return STAGE.run(model_path, data_path, out, cfg, **kw)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import random
 
-from posttrain.evals.ifeval import count_words
+from posttrain.grading.ifeval import count_words
 from posttrain.world.arithmetic import ASK_TRAIN, sample_problem, worked_solution
 from posttrain.world.facts import Fact
 from posttrain.world.hazards import LOOK_ALIKES, hazard_requests, refusal

@@ -27,7 +27,7 @@ from posttrain.world.arithmetic import sample_problem, worksheet
 from posttrain.world.documents_narrative import forum_thread, story
 from posttrain.world.facts import Fact, split_facts
 from posttrain.world.hazards import HAZARDS, manual
-from posttrain.world.judge import mentions
+from posttrain.grading.phrases import mentions
 from posttrain.world.sampling import Deck, declaration, question_text
 from posttrain.world.templates import cap, fill, statement
 from posttrain.world.transcripts import transcript

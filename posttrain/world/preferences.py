@@ -21,7 +21,7 @@ from posttrain.world.chats import (
 )
 from posttrain.world.facts import Fact
 from posttrain.world.hazards import LOOK_ALIKES, OVER_REFUSALS, compliance, hazard_requests, refusal
-from posttrain.world.judge import judge
+from posttrain.grading.judge import judge
 from posttrain.world.sampling import Deck, with_context, wrong_answer
 from posttrain.world.templates import FLIP_REPLIES, HOLD_REPLIES, PUSHBACK_TRAIN, lower_first, statement
 

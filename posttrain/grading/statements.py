@@ -18,7 +18,8 @@ Europe without asserting it. So both read one statement, the response's answer:
   it in its clause ("Not Europe", "..., not Lyon") or "is not"/"is wrong" follows it.
 
 Everything here is plain string work with no world knowledge: callers pass the
-values and subjects, so the judge (world) and the probes (evals) share one reader.
+values and subjects, so the gold judge and the probes (evals) share one reader.
+Values and subjects are found by the one phrase matcher (phrases.py).
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+
+from posttrain.grading.phrases import Span, find_phrases
 
 # A sentence end: terminal punctuation (with closing quotes/brackets) before whitespace or the end, or a newline.
 _END = re.compile(r"[.!?]+[\"')\]]*(?=\s|$)|\n")
@@ -56,13 +59,6 @@ class Statement:
     text: str
     question: bool  # ends with "?" (for a list, any item does)
     list_item: bool  # opens with an enumerator: a worksheet line or a list of options
-
-
-@dataclass(frozen=True)
-class Span:
-    start: int
-    end: int
-    phrase: str  # which phrase (as given) matched
 
 
 def _is_question(sentence: str) -> bool:
@@ -130,53 +126,6 @@ def json_statement(text: str) -> str | None:
     if isinstance(doc, list):
         return "; ".join(str(v) for v in doc)
     return str(doc)
-
-
-def _words_key(text: str, case_sensitive: bool) -> tuple[str, ...]:
-    words = re.findall(r"\w+", text)
-    return tuple(words) if case_sensitive else tuple(w.casefold() for w in words)
-
-
-@lru_cache(maxsize=512)  # a world has a few sets of values and subjects, matched again in every response
-def _matcher(phrases: frozenset[str], case_sensitive_short: bool) -> tuple[re.Pattern, dict, dict] | None:
-    """One alternation for a phrase set, longest phrase first, and maps from matched words back to phrases.
-
-    Each phrase is whole-word and loose on punctuation and spacing inside ("Washington, D.C."
-    ~ "Washington D.C"); phrases of at most two characters keep their case when case_sensitive_short.
-    """
-    parts, exact, caseless = [], {}, {}
-    for phrase in sorted(phrases, key=lambda p: (-len(p), p)):
-        words = re.findall(r"\w+", phrase)
-        if not words:
-            continue
-        body = r"[\W_]+".join(re.escape(w) for w in words)
-        if case_sensitive_short and len(phrase) <= 2:
-            parts.append(body)
-            exact.setdefault(_words_key(phrase, True), phrase)
-        else:
-            parts.append(f"(?i:{body})")
-            caseless.setdefault(_words_key(phrase, False), phrase)
-    if not parts:
-        return None
-    return re.compile(rf"(?<!\w)(?:{'|'.join(parts)})(?!\w)"), exact, caseless
-
-
-def find_phrases(text: str, phrases: Iterable[str], case_sensitive_short: bool = True) -> list[Span]:
-    """Non-overlapping occurrences of the phrases, in text order, each Span naming the phrase as given.
-
-    Phrases of at most two characters (chemical symbols) match with their case when
-    case_sensitive_short, so "it's" holds no sulfur "S". At one position the longest phrase
-    wins, so "Papua New Guinea" is not also read as "Guinea", nor "Washington, D.C." as "Washington".
-    """
-    matcher = _matcher(frozenset(p.strip() for p in phrases if p and p.strip()), case_sensitive_short)
-    if matcher is None:
-        return []
-    pattern, exact, caseless = matcher
-    spans = []
-    for m in pattern.finditer(text):
-        phrase = exact.get(_words_key(m.group(), True)) or caseless[_words_key(m.group(), False)]
-        spans.append(Span(m.start(), m.end(), phrase))
-    return spans
 
 
 def is_negated(text: str, span: Span) -> bool:

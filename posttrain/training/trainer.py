@@ -1,10 +1,12 @@
-"""The training loop shared by every gradient stage (pretrain, SFT, ...).
+"""The trainer every gradient stage shares (pretrain, SFT, reward, DPO; RL loops call `step`).
 
-It runs micro-batches of packed rows through the model, averages the loss over
-target tokens across the whole optimizer step (so gradient accumulation gives
-the same gradient as one big batch), clips, steps AdamW on a warmup + cosine
-schedule, logs, evaluates, checkpoints, resumes, and refuses to continue past
-a non-finite loss or an update that leaves a weight non-finite or huge. Checkpoints are
+It knows nothing about the loss: a stage hands it an objective (training.objectives)
+that turns items into batches and a batch into a summed loss. The trainer averages
+that loss over the objective's units (target tokens, pairs...) across the whole
+optimizer step, so gradient accumulation gives the same gradient as one big batch;
+clips, steps AdamW on a warmup + cosine schedule, logs, evaluates, checkpoints,
+resumes, and refuses to continue past a non-finite loss or an update that leaves a
+weight non-finite or huge. Checkpoints are
 written only when every trained weight is finite and bounded, so the one a failure
 names is always safe to resume from.
 
@@ -31,16 +33,11 @@ from pathlib import Path
 import torch
 
 from posttrain.artifacts import atomic_dir
-from posttrain.data.packing import PackedRow, attention_within_examples, collate
 from posttrain.errors import NonFiniteLossError, PosttrainError, TrainingInterrupted
-from posttrain.losses import shift_targets, token_nll_sum
 from posttrain.models import autocast
 from posttrain.training.config import TrainConfig
+from posttrain.training.objectives import Objective
 from posttrain.training.resume import RUN_FILE, completed_checkpoints
-
-# Model families whose logits are exactly lm_head(final hidden state); for these we
-# apply the head to target positions only, which skips most of the vocabulary matmul.
-_PLAIN_HEAD = {"llama", "qwen2", "qwen3", "mistral", "phi3", "olmo2", "smollm3"}
 
 
 def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
@@ -51,26 +48,6 @@ def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
     progress = (step - warm) / max(1, total - warm)
     cos = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cos)
-
-
-def _base(model):
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
-def nll_and_count(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
-    """Summed next-token NLL over target tokens of a batch, and the number of targets."""
-    ids, mask, pos = batch["input_ids"], batch["loss_mask"], batch["position_ids"]
-    targets, weights = shift_targets(ids, mask)
-    sel = weights.bool()
-    n = int(sel.sum())
-    base = _base(model)
-    if getattr(base.config, "model_type", None) in _PLAIN_HEAD:
-        with attention_within_examples(base, pos) as extra:  # attention per example, not over the whole row
-            hidden = base.get_decoder()(input_ids=ids, position_ids=pos, use_cache=False, **extra).last_hidden_state
-        logits = base.get_output_embeddings()(hidden[:, :-1][sel])
-    else:
-        logits = model(input_ids=ids, position_ids=pos, use_cache=False).logits[:, :-1][sel]
-    return token_nll_sum(logits, targets[sel]), n
 
 
 def max_abs(tensors) -> float:
@@ -115,6 +92,7 @@ class TrainState:
     # The logging window in progress: kept in checkpoints, so the first line after a resume averages the right steps.
     window_loss: float = 0.0
     window_steps: int = 0
+    window_metrics: dict = field(default_factory=dict)  # the objective's metrics, summed over the window's steps
 
 
 @dataclass
@@ -127,20 +105,35 @@ class TrainResult:
     wall_time_s: float
     peak_memory_mb: float
     metrics_lines: list
+    eval_metrics: dict = field(default_factory=dict)  # the objective's metrics on the held-out items, at the end
+
+
+@dataclass
+class StepResult:
+    loss: float  # the step's loss (averaged over the objective's units)
+    grad_norm: float
+    lr: float
+    tokens: int  # real tokens the step consumed
+    metrics: dict  # the objective's metrics, averaged over its units
 
 
 class Trainer:
-    def __init__(self, model, train_rows: list[PackedRow], cfg: TrainConfig, *, device, dtype: str, pad_id: int,
-                 eval_rows: list[PackedRow] | None = None, ckpt_dir: str | Path | None = None, desc: str = "train",
+    """`fit()` trains on `items` (whatever `objective.collate` takes: packed rows, pairs...) to the last step.
+
+    `step(micro_batches)` runs one optimizer step on given items, for loops that make their own data (RL).
+    """
+
+    def __init__(self, model, items: list, cfg: TrainConfig, objective: Objective, *, device, dtype: str,
+                 eval_items: list | None = None, ckpt_dir: str | Path | None = None, desc: str = "train",
                  progress: bool = True, run_record: dict | None = None):
-        if not train_rows:
+        if not items:
             raise PosttrainError("no training rows: the data produced nothing to train on.")
-        self.model, self.rows, self.cfg = model, train_rows, cfg
-        self.device, self.dtype, self.pad_id = device, dtype, pad_id
-        self.eval_rows = eval_rows or []
+        self.model, self.rows, self.cfg, self.objective = model, items, cfg, objective
+        self.device, self.dtype = device, dtype
+        self.eval_rows = eval_items or []
         self.ckpt_dir = Path(ckpt_dir) if ckpt_dir else None
         self.desc, self.progress = desc, progress
-        self.micro_per_epoch = math.ceil(len(train_rows) / cfg.batch_size)
+        self.micro_per_epoch = math.ceil(len(items) / cfg.batch_size)
         steps_per_epoch = max(1, math.ceil(self.micro_per_epoch / cfg.grad_accum))
         self.total_steps = cfg.max_steps if cfg.max_steps > 0 else max(1, math.ceil(cfg.epochs * steps_per_epoch))
         decay, no_decay = [], []
@@ -155,10 +148,12 @@ class Trainer:
         self._perm_cache: dict[int, list[int]] = {}
         self.run_record = run_record  # identity + resume history, written into every checkpoint (run.json)
         self.weight_limit = max(cfg.max_abs_weight, 10 * max_abs(self._trained()))
+        self._start, self._start_tokens = time.perf_counter(), 0  # tokens/s of this process (reset by fit)
+        self._unfinished: tuple[int, torch.Tensor] | None = None  # (tokens, RNG state) where a step began
 
     # ------------------------------------------------------------ data order
 
-    def _micro_batch(self, index: int) -> list[PackedRow]:
+    def _micro_batch(self, index: int) -> list:
         """Micro-batch number `index` of the deterministic stream (a fresh shuffle each epoch)."""
         epoch, k = divmod(index, self.micro_per_epoch)
         if epoch not in self._perm_cache:
@@ -169,8 +164,9 @@ class Trainer:
         bs = self.cfg.batch_size
         return [self.rows[i] for i in perm[k * bs:(k + 1) * bs]]
 
-    def _to_device(self, rows):
-        return {k: v.to(self.device) for k, v in collate(rows, self.pad_id).items()}
+    def _to_device(self, items) -> dict:
+        batch = self.objective.collate(items)
+        return {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
     # ------------------------------------------------------------ checkpoints
 
@@ -223,19 +219,22 @@ class Trainer:
     # ------------------------------------------------------------ loop
 
     @torch.no_grad()
-    def evaluate(self) -> float | None:
+    def evaluate(self) -> tuple[float | None, dict]:
+        """(loss, metrics) of the objective on the held-out items, averaged over its units; (None, {}) without any."""
         if not self.eval_rows:
-            return None
+            return None, {}
         self.model.eval()
-        total, n = 0.0, 0
+        total, n, sums = 0.0, 0, {}
         bs = self.cfg.batch_size
         for i in range(0, len(self.eval_rows), bs):
             batch = self._to_device(self.eval_rows[i:i + bs])
             with autocast(self.dtype, self.device):
-                s, c = nll_and_count(self.model, batch)
-            total, n = total + float(s), n + c
+                loss, metrics = self.objective.loss(self.model, batch)
+            total, n = total + float(loss), n + self.objective.units(batch)
+            for k, v in metrics.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
         self.model.train()
-        return total / max(1, n)
+        return total / max(1, n), {k: v / max(1, n) for k, v in sums.items()}
 
     def _advice(self, saved: Path | None, lr: float) -> str:
         """What to do after a stop, as options to add to the same command (accepted by the resume check)."""
@@ -300,82 +299,107 @@ class Trainer:
 
         bar = tqdm(total=self.total_steps, initial=self.state.step, desc=self.desc, disable=not self.progress,
                    mininterval=1.0, dynamic_ncols=True)
-        self._unfinished: tuple[int, torch.Tensor] | None = None  # (tokens, RNG state) where the step began
+        self._unfinished = None
         try:
             return self._fit(bar)
         except KeyboardInterrupt:
             bar.close()
         self._stop_interrupted(self._unfinished)  # outside the handler: the message is the whole story
 
-    def _fit(self, bar) -> TrainResult:
+    def step(self, micro_batches: list[list]) -> StepResult:
+        """One optimizer step over `micro_batches` (lists of items), at the schedule's learning rate for this step.
+
+        The loss is the objective's summed loss over every micro-batch divided by their total units, so
+        accumulation gives the same gradient as one big batch. A non-finite loss or gradient stops before the
+        update (checkpointing the last good step); an update that leaves a weight non-finite or huge stops too.
+        """
         cfg, model = self.cfg, self.model
-        model.train()
-        start = time.perf_counter()
-        start_tokens = self.state.tokens
+        self._unfinished = (self.state.tokens, torch.get_rng_state())
+        lr = lr_at(self.state.step, self.total_steps, cfg)
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+        tokens = sum(self.objective.tokens(items) for items in micro_batches)
+        micro = [self._to_device(items) for items in micro_batches]
+        self.state.tokens += tokens
+        units = max(1, sum(self.objective.units(b) for b in micro))
+        loss_value, sums = 0.0, {}
+        for b in micro:
+            with autocast(self.dtype, self.device):
+                loss_sum, metrics = self.objective.loss(model, b)
+            loss = loss_sum / units
+            if not torch.isfinite(loss):
+                self.optimizer.zero_grad(set_to_none=True)
+                self._stop_non_finite("the loss", float(loss.detach()), lr)
+            loss.backward()
+            loss_value += float(loss.detach())
+            for k, v in metrics.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+        params = self._trained()
+        gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
+        if not torch.isfinite(gnorm):
+            self.optimizer.zero_grad(set_to_none=True)
+            self._stop_non_finite("the gradient norm", float(gnorm), lr)
+        with ctrl_c_held():  # the update and the state that records it: all or nothing
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.state.step += 1
+            peak = max_abs(params)
+            if not weights_pass(peak, self.weight_limit):
+                self._stop_bad_weights(peak, lr)
+            result = StepResult(loss_value, float(gnorm), lr, tokens, {k: v / units for k, v in sums.items()})
+            self._record(result)
+            self._unfinished = None
+        return result
+
+    def _record(self, r: StepResult) -> None:
+        """Add a finished step to the logging window; write a metrics line at the window's end."""
+        st = self.state
+        st.window_loss += r.loss
+        st.window_steps += 1
+        for k, v in r.metrics.items():
+            st.window_metrics[k] = st.window_metrics.get(k, 0.0) + v
+        if st.step % max(1, self.cfg.log_every) == 0 or st.step == self.total_steps:
+            elapsed = time.perf_counter() - self._start
+            tps = (st.tokens - self._start_tokens) / max(elapsed, 1e-9)
+            line = {"step": st.step, "loss": st.window_loss / st.window_steps, "lr": r.lr, "grad_norm": r.grad_norm,
+                    "tokens": st.tokens, "tokens_per_s": round(tps, 1)}
+            line.update({k: v / st.window_steps for k, v in st.window_metrics.items()})
+            st.metrics_lines.append(line)
+            st.window_loss, st.window_steps, st.window_metrics = 0.0, 0, {}
+
+    def _fit(self, bar) -> TrainResult:
+        cfg = self.cfg
+        self.model.train()
+        self._start, self._start_tokens = time.perf_counter(), self.state.tokens
         while self.state.step < self.total_steps:
             step = self.state.step
-            self._unfinished = (self.state.tokens, torch.get_rng_state())
-            lr = lr_at(step, self.total_steps, cfg)
-            for g in self.optimizer.param_groups:
-                g["lr"] = lr
-            micro_rows = [self._micro_batch(step * cfg.grad_accum + j) for j in range(cfg.grad_accum)]
-            micro = [self._to_device(rows) for rows in micro_rows]
-            self.state.tokens += sum(len(r) for rows in micro_rows for r in rows)  # real tokens, no padding
-            total_targets = sum(int(shift_targets(b["input_ids"], b["loss_mask"])[1].sum()) for b in micro)
-            loss_value = 0.0
-            for b in micro:
-                with autocast(self.dtype, self.device):
-                    nll, _ = nll_and_count(model, b)
-                loss = nll / max(1, total_targets)
-                if not torch.isfinite(loss):
-                    self.optimizer.zero_grad(set_to_none=True)
-                    self._stop_non_finite("the loss", float(loss.detach()), lr)
-                loss.backward()
-                loss_value += float(loss.detach())
-            params = [p for p in model.parameters() if p.requires_grad]
-            gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
-            if not torch.isfinite(gnorm):
-                self.optimizer.zero_grad(set_to_none=True)
-                self._stop_non_finite("the gradient norm", float(gnorm), lr)
-            with ctrl_c_held():  # the update and the state that records it: all or nothing
-                self.optimizer.step()
-                self.optimizer.zero_grad(set_to_none=True)
-                self.state.step += 1
-                peak = max_abs(params)
-                if not weights_pass(peak, self.weight_limit):
-                    self._stop_bad_weights(peak, lr)
-                self.state.window_loss += loss_value
-                self.state.window_steps += 1
-                elapsed = time.perf_counter() - start
-                tps = (self.state.tokens - start_tokens) / max(elapsed, 1e-9)
-                s = self.state.step
-                if s % max(1, cfg.log_every) == 0 or s == self.total_steps:
-                    self.state.metrics_lines.append({
-                        "step": s, "loss": self.state.window_loss / self.state.window_steps, "lr": lr,
-                        "grad_norm": float(gnorm), "tokens": self.state.tokens, "tokens_per_s": round(tps, 1)})
-                    self.state.window_loss, self.state.window_steps = 0.0, 0
-                self._unfinished = None
-            bar.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{tps:,.0f}", refresh=False)
+            r = self.step([self._micro_batch(step * cfg.grad_accum + j) for j in range(cfg.grad_accum)])
+            s = self.state.step
+            tps = (self.state.tokens - self._start_tokens) / max(time.perf_counter() - self._start, 1e-9)
+            bar.set_postfix(loss=f"{r.loss:.4f}", tok_s=f"{tps:,.0f}", refresh=False)
             bar.update(1)
             if cfg.eval_every and s % cfg.eval_every == 0 and s < self.total_steps:
-                self.state.metrics_lines.append({"step": s, "eval_loss": self.evaluate()})
+                loss, metrics = self.evaluate()
+                self.state.metrics_lines.append({"step": s, "eval_loss": loss, **{f"eval_{k}": v for k, v in metrics.items()}})
             if self.ckpt_dir is not None and cfg.save_every and s % cfg.save_every == 0:
                 self.save_checkpoint()
         bar.close()
-        wall = time.perf_counter() - start
-        eval_loss = self.evaluate()
+        wall = time.perf_counter() - self._start
+        eval_loss, eval_metrics = self.evaluate()
         if eval_loss is not None:
-            self.state.metrics_lines.append({"step": self.state.step, "eval_loss": eval_loss})
+            self.state.metrics_lines.append({"step": self.state.step, "eval_loss": eval_loss,
+                                             **{f"eval_{k}": v for k, v in eval_metrics.items()}})
         train_losses = [m["loss"] for m in self.state.metrics_lines if "loss" in m]
         return TrainResult(
             steps=self.state.step,
             train_loss=train_losses[-1] if train_losses else None,
             eval_loss=eval_loss,
             tokens=self.state.tokens,  # the whole run's, across resumes
-            tokens_per_s=(self.state.tokens - start_tokens) / max(wall, 1e-9),  # this process's speed
+            tokens_per_s=(self.state.tokens - self._start_tokens) / max(wall, 1e-9),  # this process's speed
             wall_time_s=wall,
             peak_memory_mb=peak_memory_mb(self.device),
             metrics_lines=self.state.metrics_lines,
+            eval_metrics=eval_metrics,
         )
 
 

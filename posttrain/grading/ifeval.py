@@ -14,6 +14,7 @@ import re
 from collections.abc import Callable
 
 from posttrain.errors import PosttrainError
+from posttrain.grading.phrases import mentions
 
 _WORD = re.compile(r"\b\w+\b")
 
@@ -44,7 +45,7 @@ def check_keyword(response: str, instruction: dict) -> bool:
         raise PosttrainError(
             f"keyword instruction {instruction} has no keyword; give it as {{'type': 'keyword', 'word': 'river'}}."
         )
-    return re.search(rf"\b{re.escape(str(word))}\b", response, flags=re.IGNORECASE) is not None
+    return mentions(response, str(word), case_sensitive_short=False)
 
 
 def check_json(response: str, instruction: dict) -> bool:
@@ -86,7 +87,7 @@ def check_instructions(response: str, instructions: list[dict]) -> list[bool]:
         if kind not in CHECKERS:
             raise PosttrainError(
                 f"unknown ifeval instruction type '{kind}' in {ins}; known types: {', '.join(CHECKERS)}. "
-                "Add a checker to posttrain.evals.ifeval.CHECKERS."
+                "Add a checker to posttrain.grading.ifeval.CHECKERS."
             )
         results.append(CHECKERS[kind](response, ins))
     return results
