@@ -1,4 +1,4 @@
-"""The quick demo end to end: world -> probes on the shipped base -> SFT -> probes, with the summary."""
+"""The quick demo end to end: world -> probes on the base -> SFT -> probes -> reward model and DPO -> probes."""
 
 import json
 
@@ -20,3 +20,12 @@ def test_quick_demo_turns_the_base_into_an_assistant(tmp_path, capsys):
     assert {d["role"] for d in prov["data"]} >= {"train", "replay"}
     summary = json.loads((out / "demo_summary.json").read_text())
     assert summary["quick"] is True and summary["wall_time_s"] > 0
+    # the preference branch: a reward model from SFT (not a policy), and DPO from SFT, not from the reward model
+    reward = json.loads((out / "reward" / "provenance.json").read_text())
+    dpo = json.loads((out / "dpo" / "provenance.json").read_text())
+    sft_id = prov["artifact_id"]
+    assert reward["parent"]["artifact_id"] == sft_id and dpo["parent"]["artifact_id"] == sft_id
+    assert 0 <= reward["metrics"]["heldout_accuracy"] <= 1 and reward["metrics"]["heldout_pairs"] > 100
+    assert summary["reward_model"]["heldout_accuracy"] == reward["metrics"]["heldout_accuracy"]
+    assert json.loads((out / "eval_dpo" / "eval_report.json").read_text())["probes"].keys() == sft["probes"].keys()
+    assert "Reward model" in printed and "worse than SFT" in printed and "dpo (chat)" in printed

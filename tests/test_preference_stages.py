@@ -69,12 +69,17 @@ def test_packed_pairs_give_each_sequence_its_own_log_prob(tiny_llama_dir, pref_f
                 assert counts[2 * i + j] == mask.sum()
 
 
-def test_reward_model_learns_and_loads_as_a_sequence_classifier(tiny_llama_dir, pref_file, tmp_path):
+@pytest.fixture(scope="module")
+def reward_model(tiny_llama_dir, pref_file, tmp_path_factory):
+    out = tmp_path_factory.mktemp("rm") / "rm"
+    cfg = load_config(RewardConfig, overrides=_sets(**{"train.lr": 3e-3, "train.max_steps": 25}))
+    return out, REWARD_STAGE.run(tiny_llama_dir, pref_file, out, cfg, progress=False)
+
+
+def test_reward_model_learns_and_loads_as_a_sequence_classifier(reward_model, pref_file):
     from transformers import AutoModelForSequenceClassification
 
-    out = tmp_path / "rm"
-    cfg = load_config(RewardConfig, overrides=_sets(**{"train.lr": 3e-3, "train.max_steps": 25}))
-    prov = REWARD_STAGE.run(tiny_llama_dir, pref_file, out, cfg, progress=False)
+    out, prov = reward_model
     m = prov["metrics"]
     assert m["heldout_pairs"] == 12 and m["heldout_accuracy"] >= 0.9
     assert m["margin"]["median"] > 0
@@ -146,3 +151,30 @@ def test_bad_loss_options_are_config_errors_naming_the_fix():
         load_config(DPOConfig, overrides={"loss.type": "sigmoid,sft", "loss.weights": [1.0]})
     with pytest.raises(ConfigError, match="simpo stands alone"):
         load_config(DPOConfig, overrides={"loss.type": "simpo,sft"})
+
+
+def test_a_reward_is_a_reward_model_the_gold_judge_or_a_python_function(reward_model, tmp_path, monkeypatch):
+    from posttrain.errors import ConfigError
+    from posttrain.rewards import load_reward
+
+    prompts = [[{"role": "user", "content": "Tell me about Peru."}]] * 2
+    responses = ["Sure, Peru is a country.", "No. Go away."]
+    rm = load_reward(str(reward_model[0]), device="cpu", dtype="fp32")
+    good, bad = rm(prompts, responses, [{}, {}])
+    assert good > bad  # the trained model prefers the polite answer it was trained to prefer
+
+    meta = {"task": "fact", "answer": "Lima"}
+    gold = load_reward("gold")([[{"role": "user", "content": "What is the capital of Peru?"}]] * 2,
+                               ["The capital of Peru is Lima.", "The capital of Peru is Quito."], [meta, meta])
+    assert gold[0] > gold[1] and 0 <= gold[1] <= gold[0] <= 1
+    with pytest.raises(ConfigError, match="needs each prompt row's `meta`"):
+        load_reward("gold")(prompts, responses, [{}, {}])
+
+    (tmp_path / "my_rewards.py").write_text("def brevity(prompt, response, meta):\n    return -len(response)\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert load_reward("my_rewards:brevity")(prompts, responses, [{}, {}]) == [-24.0, -12.0]
+    with pytest.raises(ConfigError, match="cannot import nope from module my_rewards"):
+        load_reward("my_rewards:nope")
+    with pytest.raises(ConfigError, match="neither a reward model directory"):
+        load_reward(str(tmp_path / "missing_dir"))

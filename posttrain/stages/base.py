@@ -133,6 +133,7 @@ class Stage:
         print(summary(f"{self.name} finished: {out} ({prov['artifact_id']})", {
             "steps": result.steps, "train loss": result.train_loss, "eval loss": result.eval_loss, **data.summary,
             **{k.replace("_", " "): v for k, v in extra.items() if not isinstance(v, (dict, list))},
+            **{f"{k.replace('_', ' ')} {sub}": x for k, v in extra.items() if isinstance(v, dict) for sub, x in v.items()},
             "tokens/s": round(result.tokens_per_s, 1), "dtype": dtype, "wall time (s)": round(time.perf_counter() - t0, 1),
         }))
         return prov
