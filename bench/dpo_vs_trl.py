@@ -31,7 +31,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-import common  # bench/common.py, next to this script
+import common  # bench/common.py, next to this script: the shared bench modules in one import
 from common import OURS, Quality, StepClock
 
 # TRL's DPOTrainer pads (1.16: padding_free=True "is temporarily unavailable" and falls back to padding): the chosen

@@ -10,6 +10,8 @@
 - The peak resident memory is sampled from /proc/self/statm by a background thread
   every few milliseconds, and also read from VmHWM, which is reset (Linux
   /proc/self/clear_refs) when the clock starts, so short peaks between samples count.
+- PassMeter: the wall time and peak memory of one block (DPO's reference pass), with
+  the same instruments.
 """
 
 from __future__ import annotations
@@ -98,6 +100,39 @@ class StepClock:
         if len(self.ticks) != steps or self.ticks[-1][1] != tokens:
             raise SystemExit(f"step clock out of step: {len(self.ticks)} ticks for {steps} steps, "
                              f"{self.ticks[-1][1] if self.ticks else 0} tokens at the last tick for {tokens} trained.")
+
+
+class PassMeter:
+    """Wall time and the peak resident memory (and its rise over the start) of one block: a reference pass.
+
+    The same instruments as StepClock: /proc/self/statm sampled every 5 ms, and VmHWM reset at the start where the
+    kernel allows it. `process_peak_before` keeps the process's peak up to the start (the reset clears it)."""
+
+    def __init__(self, interval_s: float = 0.005):
+        self.interval_s, self._stop = interval_s, threading.Event()
+        self.seconds = self.peak_mb = self.delta_mb = 0.0
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self._peak = max(self._peak, rss_mb())
+
+    def __enter__(self):
+        gc.collect()
+        self.process_peak_before = status_mb("VmHWM")
+        self.hwm_reset = reset_hwm()
+        self.before_mb = self._peak = rss_mb()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        self._t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.seconds = time.perf_counter() - self._t0
+        self._stop.set()
+        self._thread.join()
+        self.peak_mb = max(self._peak, rss_mb(), status_mb("VmHWM") if self.hwm_reset else 0.0)
+        self.delta_mb = self.peak_mb - self.before_mb
+        return False
 
 
 def matmul_peak_flops(dtype: str, n: int = 2048, reps: int = 5) -> float:

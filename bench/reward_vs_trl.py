@@ -26,7 +26,7 @@ import os
 import tempfile
 from pathlib import Path
 
-import common  # bench/common.py, next to this script
+import common  # bench/common.py, next to this script: the shared bench modules in one import
 from common import OURS, Quality, StepClock
 
 # TRL's RewardTrainer has no packing or padding-free mode (1.16): it pads the chosen and rejected chats of a

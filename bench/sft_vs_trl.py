@@ -10,7 +10,7 @@ on a shared CPU does not always land on the same side. Time and memory are taken
 the same way on every side (bench/measure.py): steady-state steps after
 --warmup-steps, and the memory training adds over what was resident right before
 its first step. posttrain uses the model's own chat template; TRL gets the same
-template with {% generation %} markers (bench/common.py), and the script checks that
+template with {% generation %} markers (bench/templates.py), and the script checks that
 both train on the same tokens with the same loss mask. See bench/README.md.
 """
 
@@ -23,7 +23,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-import common  # bench/common.py, next to this script
+import common  # bench/common.py, next to this script: the shared bench modules in one import
 from common import OURS, LossTurns, StepClock
 
 # TRL's settings: padded batches in random order (its default), padded batches grouped by length (less padding),
@@ -212,7 +212,7 @@ def check_same_examples(args, data_path) -> dict:
 
 TEMPLATE_SOURCES = {"own": "the model's own (it has generation markers)",
                     "trl": "TRL's training version of the model's template",
-                    "derived": "the model's own with generation markers added (bench/common.py)"}
+                    "derived": "the model's own with generation markers added (bench/templates.py)"}
 
 
 def report(res: dict, env: dict, args) -> str:

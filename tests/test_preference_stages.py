@@ -106,7 +106,8 @@ def test_dpo_raises_the_chosen_margin_over_the_reference(tiny_llama_dir, pref_fi
     prov = json.loads((out / "provenance.json").read_text())
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     steps = [x for x in lines if "loss" in x]
-    assert {"accuracy", "margin", "reward_chosen", "reward_rejected", "kl"} <= set(steps[0])
+    assert {"accuracy", "margin", "reward_chosen", "reward_rejected", "logps_chosen", "logratio"} <= set(steps[0])
+    assert abs(steps[0]["logratio"]) < 1e-5  # the first step runs the reference's own weights
     # at step 1 the policy is the reference: every implicit reward is 0 and the loss is log 2
     assert abs(steps[0]["margin"]) < 1e-5 and abs(steps[0]["loss"] - 0.6931) < 1e-3
     assert steps[-1]["margin"] > 0.5 and prov["metrics"]["eval_loss"] < 0.6931

@@ -10,8 +10,11 @@ The reference's log-probs are computed once, before the first step, and cached w
 the frozen reference is the starting model (with LoRA, the same weights with adapters off, so no
 second copy is held), or `loss.ref_model`. Both answers of every pair go through one forward pass,
 packed without padding like SFT. Logged per step: loss, implicit rewards β·(log π - log π_ref)
-of chosen and rejected, their margin, pairwise accuracy, and the per-token log-ratio to the
-reference on the pairs' answers (`kl`, a k1 estimate on these tokens).
+of chosen and rejected, their margin, pairwise accuracy, the policy's summed log-probs of both
+answers, and `logratio`, the mean per-token log π - log π_ref over both answers: the k1 term of
+KL(π || π_ref) on these tokens. The tokens are the data's, not the policy's samples, so it is a
+drift gauge and can be negative (answers losing probability, chosen ones included, is the
+known failure that the `sft` term of `sigmoid,sft` counters).
 """
 
 from __future__ import annotations
@@ -120,10 +123,11 @@ class DirectPreference:
         losses, rc, rr = self.pair_losses(logps, counts, batch["ref_chosen"], batch["ref_rejected"])
         metrics = {"accuracy": float((rc > rr).sum()), "margin": float((rc - rr).sum()),
                    "reward_chosen": float(rc.sum()), "reward_rejected": float(rr.sum())}
+        metrics["logps_chosen"], metrics["logps_rejected"] = float(logps[0::2].detach().sum()), float(logps[1::2].detach().sum())
         if self.opts.needs_reference():
-            with torch.no_grad():  # the k1 estimate of KL(π || π_ref) per token, on the pairs' answers
+            with torch.no_grad():  # mean log π - log π_ref per answer token: the k1 KL term, on these (off-policy) tokens
                 ratio = (logps[0::2] - batch["ref_chosen"]) + (logps[1::2] - batch["ref_rejected"])
-                metrics["kl"] = float((ratio / (counts[0::2] + counts[1::2]).clamp(min=1)).sum())
+                metrics["logratio"] = float((ratio / (counts[0::2] + counts[1::2]).clamp(min=1)).sum())
         return losses.sum(), metrics
 
 
