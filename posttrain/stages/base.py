@@ -122,7 +122,7 @@ class Stage:
             "train_loss": result.train_loss, "eval_loss": result.eval_loss, "steps": result.steps,
             "tokens": result.tokens, "tokens_per_s": round(result.tokens_per_s, 1),
             "peak_memory_mb": round(result.peak_memory_mb, 1), "data": data.stats, "dtype": dtype,
-            "device": str(device), **data.metrics, **extra,
+            "device": str(device), **{f"eval_{k}": v for k, v in result.eval_metrics.items()}, **data.metrics, **extra,
         }
         prov = save_artifact(
             out, stage=self.name, model=self.finish(model, tok, cfg), tokenizer=tok, config=asdict(cfg),
