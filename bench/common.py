@@ -16,7 +16,7 @@ from __future__ import annotations
 # Re-exported: the benches and their tests read these as common.NAME.
 # ruff: noqa: F401
 from measure import PassMeter, StepClock, matmul_peak_flops, spread
-from preference import (PAIR_KEYS, PairCheck, add_pair_args, check_pairs, check_same_pairs, pair_data_line,
+from preference import (PAIR_KEYS, PairCheck, add_pair_args, check_pairs, check_same_pairs, counting_trainer, pair_data_line,
                         pair_length_sampler, pair_method_text, posttrain_pairs, preference_file, preference_rows,
                         reward_read_elsewhere, run_pair_bench, split_preferences, trl_batching, trl_pair_batches,
                         trl_prepared)

@@ -193,24 +193,7 @@ def run_trl(args, setting: dict) -> dict:
     counts = dict(real=0, padded=0)
     micro_losses, meters = [], {}
 
-    class CountingDPOTrainer(DPOTrainer):
-        def training_step(self, model, inputs, num_items_in_batch=None):
-            counts["real"] += int(inputs["attention_mask"].sum())  # prompt + chosen and prompt + rejected, unpadded
-            counts["padded"] += inputs["input_ids"].numel()
-            loss = super().training_step(model, inputs, num_items_in_batch)
-            micro_losses.append(float(loss))  # the micro-batch's mean loss / accumulation steps
-            return loss
-
-        def create_scheduler(self, num_training_steps, optimizer=None):
-            if self.lr_scheduler is None:  # posttrain's warmup + cosine exactly
-                self.lr_scheduler = common.posttrain_schedule(optimizer or self.optimizer, num_training_steps, pt)
-            return self.lr_scheduler
-
-        def _get_train_sampler(self, train_dataset=None):
-            if not setting["grouped"]:
-                return super()._get_train_sampler(train_dataset)
-            return common.pair_length_sampler(self, self.train_dataset if train_dataset is None else train_dataset)
-
+    class CountingDPOTrainer(common.counting_trainer(DPOTrainer, counts, micro_losses, pt, setting["grouped"])):
         def _precompute_ref_logps(self, dataset, name, batch_size):  # runs inside __init__, before train()
             with common.PassMeter() as meter:
                 out = super()._precompute_ref_logps(dataset, name, batch_size)

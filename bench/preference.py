@@ -308,3 +308,30 @@ def pair_method_text(env: dict, res: dict, args, what: str) -> str:
             f"/ their time, clocked at each optimizer step on every side; matmul share: 6 x parameters x tokens/s / "
             f"the matmul peak; memory: training peak ({', '.join(methods)}) and its rise over the RSS right before "
             f"the first step. Cells: median [min–max] of {args.repeats} round(s).")
+
+
+
+def counting_trainer(base, counts: dict, micro_losses: list, pt, grouped: bool):
+    """A subclass of TRL's `base` trainer that counts real and padded tokens and records micro-batch losses, runs
+    posttrain's schedule (pt: its TrainConfig), and samples batches grouped by pair length when `grouped`."""
+    from training import posttrain_schedule
+
+    class Counting(base):
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            counts["real"] += int(inputs["attention_mask"].sum())  # prompt + chosen and prompt + rejected, unpadded
+            counts["padded"] += inputs["input_ids"].numel()
+            loss = super().training_step(model, inputs, num_items_in_batch)
+            micro_losses.append(float(loss))  # the micro-batch's mean loss / accumulation steps
+            return loss
+
+        def create_scheduler(self, num_training_steps, optimizer=None):
+            if self.lr_scheduler is None:  # posttrain's warmup + cosine exactly
+                self.lr_scheduler = posttrain_schedule(optimizer or self.optimizer, num_training_steps, pt)
+            return self.lr_scheduler
+
+        def _get_train_sampler(self, train_dataset=None):
+            if not grouped:
+                return super()._get_train_sampler(train_dataset)
+            return pair_length_sampler(self, self.train_dataset if train_dataset is None else train_dataset)
+
+    return Counting

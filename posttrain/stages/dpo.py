@@ -27,7 +27,7 @@ import torch
 from posttrain.config import opt
 from posttrain.console import notice
 from posttrain.data.chat import stop_generation_at_end_of_turn
-from posttrain.data.preferences import Pair, collate_pairs, pair_tokens
+from posttrain.data.preferences import Pair
 from posttrain.errors import ConfigError
 from posttrain.losses_preference import LOSS_TYPES, dpo_loss, needs_reference, orpo_loss, simpo_loss
 from posttrain.modeling.forward import sequence_logps
@@ -36,6 +36,7 @@ from posttrain.stages.base import Stage, StageData
 from posttrain.stages.common import finalize_model
 from posttrain.stages.reward import PreferenceDataConfig, read_preferences
 from posttrain.training.config import ModelConfig, TrainConfig
+from posttrain.training.objectives import PairObjective
 
 ALONE = ("simpo", "orpo")  # reference-free losses of their own, not combined with others
 KNOWN = (*LOSS_TYPES, *ALONE)
@@ -87,20 +88,8 @@ class DPOConfig:
     train: TrainConfig = opt(help="Optimisation options (batch_size counts pairs).", factory=_dpo_train)
 
 
-class DirectPreference:
+class DirectPreference(PairObjective):
     """The DPO-family objective on packed pairs; units are pairs."""
-
-    def __init__(self, pad_id: int, row_length: int, opts: DPOOptions):
-        self.pad_id, self.row_length, self.opts = pad_id, row_length, opts
-
-    def collate(self, pairs: list[Pair]) -> dict:
-        return collate_pairs(pairs, self.pad_id, self.row_length)
-
-    def units(self, batch: dict) -> int:
-        return batch["n_pairs"]
-
-    def tokens(self, pairs: list[Pair]) -> int:
-        return pair_tokens(pairs)
 
     def pair_losses(self, logps, counts, ref_chosen, ref_rejected):
         """Per-pair losses and implicit rewards (chosen, rejected) from summed answer log-probs."""

@@ -19,13 +19,14 @@ from posttrain.artifacts import data_record
 from posttrain.config import opt
 from posttrain.data.chat import ensure_chat_template
 from posttrain.data.formats import load_dataset_rows
-from posttrain.data.preferences import Pair, build_pairs, collate_pairs, pair_tokens
+from posttrain.data.preferences import Pair, build_pairs
 from posttrain.losses_preference import bradley_terry_loss
 from posttrain.modeling.forward import sequence_scores
 from posttrain.models import autocast
 from posttrain.stages.base import Stage, StageData
 from posttrain.stages.common import finalize_model, prepare_model, split_rows
 from posttrain.training.config import ModelConfig, TrainConfig
+from posttrain.training.objectives import PairObjective
 
 
 @dataclass
@@ -80,20 +81,8 @@ def read_preferences(tok, data_path, cfg) -> StageData:
                               "dropped (identical)": stats.identical})
 
 
-class PairwiseReward:
+class PairwiseReward(PairObjective):
     """The Bradley-Terry objective on packed pairs; units are pairs."""
-
-    def __init__(self, pad_id: int, row_length: int, opts: RewardOptions):
-        self.pad_id, self.row_length, self.opts = pad_id, row_length, opts
-
-    def collate(self, pairs: list[Pair]) -> dict:
-        return collate_pairs(pairs, self.pad_id, self.row_length)
-
-    def units(self, batch: dict) -> int:
-        return batch["n_pairs"]
-
-    def tokens(self, pairs: list[Pair]) -> int:
-        return pair_tokens(pairs)
 
     def rewards(self, model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         scores = sequence_scores(model, batch, 2 * batch["n_pairs"])

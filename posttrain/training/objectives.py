@@ -18,6 +18,7 @@ from typing import Protocol
 import torch
 
 from posttrain.data.packing import PackedRow, collate
+from posttrain.data.preferences import Pair, collate_pairs, pair_tokens
 from posttrain.modeling.forward import nll_and_count
 
 
@@ -55,3 +56,22 @@ class NextToken:
 
     def loss(self, model, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         return nll_and_count(model, batch)[0], {}
+
+
+class PairObjective:
+    """What the preference objectives share: pairs packed into rows (chosen 2i, rejected 2i+1); units are pairs.
+
+    Subclasses (stages/reward.py, stages/dpo.py) define `loss`.
+    """
+
+    def __init__(self, pad_id: int, row_length: int, opts):
+        self.pad_id, self.row_length, self.opts = pad_id, row_length, opts
+
+    def collate(self, pairs: list[Pair]) -> dict:
+        return collate_pairs(pairs, self.pad_id, self.row_length)
+
+    def units(self, batch: dict) -> int:
+        return batch["n_pairs"]
+
+    def tokens(self, pairs: list[Pair]) -> int:
+        return pair_tokens(pairs)
