@@ -315,7 +315,12 @@ def test_ctrl_c_during_an_update_waits_for_the_update_to_be_recorded(tiny_llama_
 
     monkeypatch.setattr(torch.optim.AdamW, "step", signalled)
     capsys.readouterr()
-    assert main(argv) == 130
+    # Python's own Ctrl-C handler, as in a terminal: a run started in the background (nohup, `&`) inherits SIGINT ignored
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        assert main(argv) == 130
+    finally:
+        signal.signal(signal.SIGINT, previous)
     monkeypatch.setattr(torch.optim.AdamW, "step", real)
     _interrupt_then_resume(argv, out, capsys, step=2)  # step 2 is complete in the checkpoint, not half recorded
     full, resumed = _weights(full_run), _weights(out)
