@@ -17,7 +17,8 @@ from __future__ import annotations
 # ruff: noqa: F401
 from measure import PassMeter, StepClock, matmul_peak_flops, spread
 from preference import (PAIR_KEYS, PairCheck, add_pair_args, check_pairs, check_same_pairs, counting_trainer, pair_data_line,
-                        pair_length_sampler, pair_method_text, posttrain_pairs, preference_file, preference_rows,
+                        pair_length_sampler, pair_method_text, posttrain_pair_config, posttrain_pair_fit,
+                        posttrain_pair_setup, posttrain_pairs, preference_file, preference_rows,
                         reward_read_elsewhere, run_pair_bench, split_preferences, trl_batching, trl_pair_batches,
                         trl_prepared)
 from report import (MEASURE_HEADERS, MEASURES, Quality, environment, environment_line, environment_sentence,

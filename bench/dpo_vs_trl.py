@@ -113,14 +113,8 @@ def heldout_reference(args, tmp, files) -> dict:
 def _dpo_config(args):
     from posttrain.stages.dpo import DPOConfig
 
-    cfg = DPOConfig()
-    cfg.model.device, cfg.model.dtype = "cpu", args.dtype
+    cfg = common.posttrain_pair_config(DPOConfig(), args)
     cfg.loss.type, cfg.loss.beta = "sigmoid", args.beta
-    cfg.data.max_length, cfg.data.eval_fraction = args.max_length, 0.0  # train on every pair given; scored apart
-    t = cfg.train
-    t.lr, t.max_steps, t.batch_size, t.grad_accum, t.max_grad_norm, t.weight_decay = (
-        args.lr, args.steps, args.pairs, 1, 1.0, 0.0)
-    t.seed, t.log_every, t.eval_every, t.save_every = args.seed, 1, 0, 0  # a metrics line per step: the loss column
     return cfg
 
 
@@ -139,40 +133,20 @@ def _with_ref_peak(result: dict) -> dict:
 
 def run_posttrain(args) -> dict:
     from posttrain.data.preferences import pair_tokens
-    from posttrain.stages.common import prepare_model
     from posttrain.stages.dpo import DirectPreference, cache_reference_logps
-    from posttrain.stages.reward import read_preferences
-    from posttrain.training.trainer import Trainer
 
     cfg = _dpo_config(args)
-    tok = common.load_tokenizer(args.model)  # the model's own template, as `posttrain dpo` takes it
-    data = read_preferences(tok, args.data, cfg)
-    heldout = common.posttrain_pairs(tok, args.heldout_data, args.max_length)[0]
-    model, _, device, dtype = prepare_model(args.model, cfg.model, tok)
-    start = common.weights_fingerprint(model)
+    tok, train, heldout, model, device, dtype, start = common.posttrain_pair_setup(args, cfg)
     objective = DirectPreference(tok.pad_token_id, cfg.data.max_length, cfg.loss)
     with common.PassMeter() as meter:  # as the stage does: the starting weights, once, before the first step
-        cache_reference_logps(model, data.train, objective, device, dtype, batch_size=args.ref_batch_pairs)
-    n = len(data.train)
-    ref = _ref_result(meter, pair_tokens(data.train), (sum(p.ref_chosen for p in data.train) / n,
-                                                      sum(p.ref_rejected for p in data.train) / n))
-    trainer = Trainer(model, data.train, cfg.train, objective, device=device, dtype=dtype, progress=False)
-    micro = [trainer._micro_batch(i) for i in range(args.steps)]  # the micro-batches fit() will consume
-    padded = sum(objective.collate(m)["input_ids"].numel() for m in micro)  # packed rows, padded to the longest
-    clock = StepClock(lambda: trainer.state.tokens)  # real tokens (pair_tokens), counted by step() before its forward
-    trainer.optimizer.register_step_post_hook(clock)
-    clock.start()
-    res = trainer.fit()
-    clock.stop()
-    clock.check(res.steps, trainer.state.tokens)
-    losses = [m["loss"] for m in res.metrics_lines if "loss" in m]
+        cache_reference_logps(model, train, objective, device, dtype, batch_size=args.ref_batch_pairs)
+    n = len(train)
+    ref = _ref_result(meter, pair_tokens(train), (sum(p.ref_chosen for p in train) / n,
+                                                 sum(p.ref_rejected for p in train) / n))
+    result = common.posttrain_pair_fit(args, model, train, cfg, objective, device, dtype)
     ref_heldout = json.loads(Path(args.heldout_ref).read_text())
-    return _with_ref_peak(dict(
-        dtype=dtype, steps=res.steps, real_tokens=res.tokens, padded_tokens=padded, losses=losses,
-        batching=f"{args.pairs} pairs x 1 (packed rows of {args.max_length})", optimizer="AdamW (foreach)",
-        ref_batching=f"{args.ref_batch_pairs} pairs (packed)", params=sum(p.numel() for p in model.parameters()),
-        start_weights=start, checked="pairs: posttrain's own", **ref,
-        **heldout_dpo(model, heldout, ref_heldout, args.beta), **clock.result(args.warmup_steps)))
+    return _with_ref_peak(dict(result, ref_batching=f"{args.ref_batch_pairs} pairs (packed)", start_weights=start,
+                               **ref, **heldout_dpo(model, heldout, ref_heldout, args.beta)))
 
 
 def run_trl(args, setting: dict) -> dict:

@@ -335,3 +335,55 @@ def counting_trainer(base, counts: dict, micro_losses: list, pt, grouped: bool):
             return pair_length_sampler(self, self.train_dataset if train_dataset is None else train_dataset)
 
     return Counting
+
+
+# ------------------------------------------------------------------ posttrain's side of the reward and DPO benches
+
+def posttrain_pair_config(cfg, args):
+    """The bench's options on a reward or DPO stage config: CPU, every pair trained (scored apart), one metrics line
+    per step (the loss column), no eval or checkpoints."""
+    cfg.model.device, cfg.model.dtype = "cpu", args.dtype
+    cfg.data.max_length, cfg.data.eval_fraction = args.max_length, 0.0
+    t = cfg.train
+    t.lr, t.max_steps, t.batch_size, t.grad_accum, t.max_grad_norm, t.weight_decay = (
+        args.lr, args.steps, args.pairs, 1, 1.0, 0.0)
+    t.seed, t.log_every, t.eval_every, t.save_every = args.seed, 1, 0, 0
+    return cfg
+
+
+def posttrain_pair_setup(args, cfg, head: str = "causal"):
+    """As the stage sets up: (tokenizer, training pairs, held-out pairs, model, device, dtype, start fingerprint)."""
+    import torch
+
+    from posttrain.stages.common import prepare_model
+    from posttrain.stages.reward import read_preferences
+    from training import weights_fingerprint
+
+    tok = load_tokenizer(args.model)  # the model's own template, as the stage takes it
+    train = read_preferences(tok, args.data, cfg).train
+    heldout = posttrain_pairs(tok, args.heldout_data, args.max_length)[0]
+    torch.manual_seed(args.seed)  # a new score head: the same initialisation on every side
+    model, _, device, dtype = prepare_model(args.model, cfg.model, tok, head=head)
+    return tok, train, heldout, model, device, dtype, weights_fingerprint(model)
+
+
+def posttrain_pair_fit(args, model, pairs, cfg, objective, device, dtype) -> dict:
+    """Train with posttrain's Trainer, clocked at each optimizer step like every side; the measures it reports."""
+    from measure import StepClock
+
+    from posttrain.training.trainer import Trainer
+
+    trainer = Trainer(model, pairs, cfg.train, objective, device=device, dtype=dtype, progress=False)
+    micro = [trainer._micro_batch(i) for i in range(args.steps)]  # the micro-batches fit() will consume
+    padded = sum(objective.collate(m)["input_ids"].numel() for m in micro)  # packed rows, padded to the longest
+    clock = StepClock(lambda: trainer.state.tokens)  # real tokens (pair_tokens), counted by step() before its forward
+    trainer.optimizer.register_step_post_hook(clock)
+    clock.start()
+    res = trainer.fit()
+    clock.stop()
+    clock.check(res.steps, trainer.state.tokens)
+    return dict(dtype=dtype, steps=res.steps, real_tokens=res.tokens, padded_tokens=padded,
+                losses=[m["loss"] for m in res.metrics_lines if "loss" in m],
+                batching=f"{args.pairs} pairs x 1 (packed rows of {args.max_length})", optimizer="AdamW (foreach)",
+                params=sum(p.numel() for p in model.parameters()), checked="pairs: posttrain's own",
+                **clock.result(args.warmup_steps))

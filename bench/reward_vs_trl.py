@@ -71,45 +71,17 @@ def heldout_rewards(model, pairs) -> dict:
 def _reward_config(args):
     from posttrain.stages.reward import RewardConfig
 
-    cfg = RewardConfig()
-    cfg.model.device, cfg.model.dtype = "cpu", args.dtype
-    cfg.data.max_length, cfg.data.eval_fraction = args.max_length, 0.0  # train on every pair given; scored apart
-    t = cfg.train
-    t.lr, t.max_steps, t.batch_size, t.grad_accum, t.max_grad_norm, t.weight_decay = (
-        args.lr, args.steps, args.pairs, 1, 1.0, 0.0)
-    t.seed, t.log_every, t.eval_every, t.save_every = args.seed, 1, 0, 0  # a metrics line per step: the loss column
-    return cfg
+    return common.posttrain_pair_config(RewardConfig(), args)
 
 
 def run_posttrain(args) -> dict:
-    import torch
-
-    from posttrain.stages.common import prepare_model
-    from posttrain.stages.reward import PairwiseReward, read_preferences
-    from posttrain.training.trainer import Trainer
+    from posttrain.stages.reward import PairwiseReward
 
     cfg = _reward_config(args)
-    tok = common.load_tokenizer(args.model)  # the model's own template, as `posttrain reward` takes it
-    data = read_preferences(tok, args.data, cfg)
-    heldout = common.posttrain_pairs(tok, args.heldout_data, args.max_length)[0]
-    torch.manual_seed(args.seed)  # the new score head: the same initialisation on every side
-    model, _, device, dtype = prepare_model(args.model, cfg.model, tok, head="score")
-    start = common.weights_fingerprint(model)
+    tok, train, heldout, model, device, dtype, start = common.posttrain_pair_setup(args, cfg, head="score")
     objective = PairwiseReward(tok.pad_token_id, cfg.data.max_length, cfg.loss)
-    trainer = Trainer(model, data.train, cfg.train, objective, device=device, dtype=dtype, progress=False)
-    micro = [trainer._micro_batch(i) for i in range(args.steps)]  # the micro-batches fit() will consume
-    padded = sum(objective.collate(m)["input_ids"].numel() for m in micro)  # packed rows, padded to the longest
-    clock = StepClock(lambda: trainer.state.tokens)  # real tokens (pair_tokens), counted by step() before its forward
-    trainer.optimizer.register_step_post_hook(clock)
-    clock.start()
-    res = trainer.fit()
-    clock.stop()
-    clock.check(res.steps, trainer.state.tokens)
-    losses = [m["loss"] for m in res.metrics_lines if "loss" in m]
-    return dict(dtype=dtype, steps=res.steps, real_tokens=res.tokens, padded_tokens=padded, losses=losses,
-                batching=f"{args.pairs} pairs x 1 (packed rows of {args.max_length})", optimizer="AdamW (foreach)",
-                params=sum(p.numel() for p in model.parameters()), start_weights=start,
-                checked="pairs: posttrain's own", **heldout_rewards(model, heldout), **clock.result(args.warmup_steps))
+    result = common.posttrain_pair_fit(args, model, train, cfg, objective, device, dtype)
+    return dict(result, start_weights=start, **heldout_rewards(model, heldout))
 
 
 def run_trl(args, setting: dict) -> dict:

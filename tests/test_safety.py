@@ -172,8 +172,8 @@ def test_out_dot_dotdot_and_root_are_refused(tiny_llama_dir, chat_file, tmp_path
 
 def test_out_under_a_file_is_refused_before_the_model_loads(tiny_llama_dir, chat_file, tmp_path, capsys, no_model_load):
     (tmp_path / "somefile").write_text("x")
-    refused(capsys, sft_args(tiny_llama_dir, chat_file, tmp_path / "somefile" / "sub"),
-            f"cannot be created: {tmp_path / 'somefile'} is a file")
+    err = refused(capsys, sft_args(tiny_llama_dir, chat_file, tmp_path / "somefile" / "sub"))
+    assert f"cannot be created: {tmp_path / 'somefile'} is a file" in err
 
 
 def test_unwritable_parent_is_refused_before_the_model_loads(tiny_llama_dir, chat_file, tmp_path, capsys, monkeypatch,
