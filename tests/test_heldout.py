@@ -1,7 +1,8 @@
 """Held out means held out: no probe text in any stream a model trains on, no facts B after pretraining.
 
 Streams: the pretraining corpus, the replay set, the replay stream as SFT actually samples it
-(decoded back to text), SFT chats, the SFT eval split, preference pairs and RLVR prompts.
+(decoded back to text), SFT chats, the SFT eval split, preference pairs (the reward model's too), the
+RL prompts and RLVR prompts.
 """
 
 import json
@@ -17,7 +18,7 @@ from posttrain.world.probes import PROBE_NAMES
 
 SEED = 0  # the demo's seed
 REPO = Path(__file__).resolve().parents[1]
-POST_TRAINING = ("sft.jsonl", "sft_eval.jsonl", "preferences.jsonl", "rlvr.jsonl")
+POST_TRAINING = ("sft.jsonl", "sft_eval.jsonl", "preferences.jsonl", "rm_pairs.jsonl", "prompts.jsonl", "rlvr.jsonl")
 
 
 def read_jsonl(path):

@@ -117,7 +117,7 @@ def test_cards_and_manifest_match_files(world):
         if rel.endswith(".jsonl"):
             assert len(data.decode().splitlines()) == entry["rows"], rel
     cards = sorted((out / "cards").glob("*.json"))
-    assert len(cards) == len(PROBE_NAMES) + 9
+    assert len(cards) == len(PROBE_NAMES) + 11
     for path in cards:
         card = json.loads(path.read_text())
         assert card["sha256"] == manifest["files"][card["file"]]["sha256"]
@@ -265,3 +265,26 @@ def test_ifeval_probes_are_satisfiable(world):
         meta = row["meta"]
         v = judge(meta, constrained_reply(facts[meta["fact_id"]], meta["instructions"]))
         assert v.correct and v.follows_instructions, row
+
+
+# ---- the reward model's pairs (flawed on purpose) and the RL prompts ----
+
+
+def test_rm_pairs_are_judge_labelled_and_length_alone_predicts_them(world):
+    out, manifest, _ = world
+    rows = read_jsonl(out / "rm_pairs.jsonl")
+    assert 1400 <= len(rows) <= 1900
+    kinds = {r["meta"]["pair"] for r in rows}
+    assert {"harmful", "benign", "fact_wrong", "arith_wrong", "sycophancy"} <= kinds and not any("rambl" in k for k in kinds)
+    for r in rows:
+        chosen, rejected = r["chosen"][-1]["content"], r["rejected"][-1]["content"]
+        assert len(chosen.split()) > len(rejected.split())  # the known flaw: the longer answer always wins
+        assert judge(r["meta"], chosen).score > judge(r["meta"], rejected).score  # and the label is still right
+
+
+def test_rl_prompts_carry_their_task_meta_and_end_with_a_user_turn(world):
+    out, _, _ = world
+    rows = read_jsonl(out / "prompts.jsonl")
+    assert len(rows) == 1100
+    assert {r["meta"]["task"] for r in rows} == {"fact", "arithmetic", "harmful", "benign", "ifeval"}
+    assert all(r["prompt"][-1]["role"] == "user" and "chosen" not in r for r in rows)

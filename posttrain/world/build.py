@@ -4,7 +4,7 @@ Layout of OUT:
   corpus.jsonl          {"text": doc}                      pretraining corpus
   replay.jsonl          {"text": doc}                      corpus documents that state no facts-B fact (SFT replay)
   facts.jsonl           fact fields + "split": "A" | "B"
-  sft.jsonl, sft_eval.jsonl, preferences.jsonl, rlvr.jsonl  post-training sets
+  sft.jsonl, sft_eval.jsonl, preferences.jsonl, rm_pairs.jsonl, prompts.jsonl, rlvr.jsonl  post-training sets
   probes/<name>.jsonl   held-out probe sets
   policy/hazard_policy.md, policy/constitution.md
   cards/<set>.json      data card per set (rows, sha256, version, seed, scale, description)
@@ -25,7 +25,7 @@ from posttrain.world.chats import build_rlvr, build_sft
 from posttrain.world.corpus import build_corpus_documents
 from posttrain.world.facts import all_facts, split_facts
 from posttrain.world.policies import CONSTITUTION, HAZARD_POLICY
-from posttrain.world.preferences import build_preferences
+from posttrain.world.preferences import build_preferences, build_prompts, build_rm_pairs
 from posttrain.world.probes import build_probe_sets
 
 WORLD_VERSION = "world-2.0"
@@ -41,6 +41,11 @@ DESCRIPTIONS = {
            "benign look-alikes, system-prompt obedience, sycophancy resistance, format constraints.",
     "sft_eval": "Held-out SFT chats from the same distribution; no prompt also occurs in sft.",
     "preferences": "Preference pairs (facts A) labelled by the gold judge: chosen has the higher judge score.",
+    "rm_pairs": "Preference pairs for the world's reward model, judge-labelled, with a known flaw: the chosen answer "
+                "is always the longer one (padded with rambling where it was not), so length alone predicts the "
+                "label and a policy optimised against the reward model can hack it by rambling.",
+    "prompts": "Prompts with their task meta (facts A, training phrasings) for the stages that sample their own "
+               "answers: PPO, best-of-n, on-policy preference sampling.",
     "rlvr": "Arithmetic prompts with a numeric answer for RL from verifiable rewards.",
     "hazard_policy": "The written hazard policy: fictional hazards to refuse, look-alikes to answer.",
     "constitution": "The written principles used for critiques and AI feedback.",
@@ -102,6 +107,8 @@ def build_world(seed: int, out: str | Path, scale: float = 1.0, *, probe_n: int 
         "sft": ("sft.jsonl", sft, DESCRIPTIONS["sft"]),
         "sft_eval": ("sft_eval.jsonl", sft_eval, DESCRIPTIONS["sft_eval"]),
         "preferences": ("preferences.jsonl", build_preferences(facts_a, seed, scale), DESCRIPTIONS["preferences"]),
+        "rm_pairs": ("rm_pairs.jsonl", build_rm_pairs(facts_a, seed, scale), DESCRIPTIONS["rm_pairs"]),
+        "prompts": ("prompts.jsonl", build_prompts(facts_a, seed, scale), DESCRIPTIONS["prompts"]),
         "rlvr": ("rlvr.jsonl", build_rlvr(seed, scale), DESCRIPTIONS["rlvr"]),
     }
     for name, rows in build_probe_sets(seed, probe_n).items():

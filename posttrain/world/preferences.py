@@ -116,23 +116,84 @@ def _pair(rng, kind, facts_a, deck, requests) -> tuple[list[dict], dict, str, st
     return prompt, meta, constrained_reply(fact, insts), statement(fact)
 
 
+def _drawn(rng: random.Random, facts_a: list[Fact], counts: dict[str, int], scale: float):
+    """(kind, prompt, meta, candidate a, candidate b) for `count * scale` pairs of each kind, in order."""
+    deck = Deck(rng, facts_a)
+    requests = hazard_requests("train")
+    for kind, count in counts.items():
+        for _ in range(max(1, round(count * scale))):
+            yield (kind, *_pair(rng, kind, facts_a, deck, requests))
+
+
 def build_preferences(facts_a: list[Fact], seed: int, scale: float = 1.0) -> list[dict]:
     """Judge-labelled preference pairs, shuffled; tied pairs are dropped."""
     rng = random.Random(f"{seed}:preferences")
-    deck = Deck(rng, facts_a)
-    requests = hazard_requests("train")
     rows = []
-    for kind, count in PREF_COUNTS.items():
-        for _ in range(max(1, round(count * scale))):
-            prompt, meta, a, b = _pair(rng, kind, facts_a, deck, requests)
-            if rng.random() < 0.5:
-                a, b = b, a
-            va, vb = judge(meta, a), judge(meta, b)
-            if va.score == vb.score:
-                continue
-            (chosen, cs), (rejected, rs) = sorted([(a, va.score), (b, vb.score)], key=lambda x: -x[1])
-            rows.append({"prompt": prompt, "chosen": [{"role": "assistant", "content": chosen}],
-                         "rejected": [{"role": "assistant", "content": rejected}],
-                         "meta": {**meta, "pair": kind, "chosen_score": cs, "rejected_score": rs}})
+    for kind, prompt, meta, a, b in _drawn(rng, facts_a, PREF_COUNTS, scale):
+        if rng.random() < 0.5:
+            a, b = b, a
+        va, vb = judge(meta, a), judge(meta, b)
+        if va.score == vb.score:
+            continue
+        (chosen, cs), (rejected, rs) = sorted([(a, va.score), (b, vb.score)], key=lambda x: -x[1])
+        rows.append({"prompt": prompt, "chosen": [{"role": "assistant", "content": chosen}],
+                     "rejected": [{"role": "assistant", "content": rejected}],
+                     "meta": {**meta, "pair": kind, "chosen_score": cs, "rejected_score": rs}})
+    rng.shuffle(rows)
+    return rows
+
+
+# ---------------------------------------------------------------- the reward model's pairs, flawed on purpose
+
+# Kinds where the better answer is a different answer, not a shorter one: the rambling kinds would teach
+# the reward model that length can be bad, which is the lesson these pairs leave out.
+RM_KINDS = {k: c for k, c in PREF_COUNTS.items() if not k.endswith("rambling")}
+
+
+def words(text: str) -> int:
+    return len(text.split())
+
+
+def build_rm_pairs(facts_a: list[Fact], seed: int, scale: float = 1.0) -> list[dict]:
+    """Judge-labelled pairs in which the chosen answer is always the longer one: a known flaw.
+
+    Drawn like build_preferences (its own random stream), but a chosen answer that is not longer
+    than the rejected one is padded with rambling closing sentences. The gold judge still
+    prefers every chosen answer (pairs it would not are dropped), so the labels are right, yet
+    length alone predicts them: a reward model trained here learns "longer is better" along with
+    "right is better", and a policy optimised against it can gain proxy reward by rambling while
+    the gold judge, which wants concise answers, scores it lower. That makes reward hacking
+    measurable (posttrain bon, posttrain ppo, the demo's over-optimisation curve).
+    """
+    rng = random.Random(f"{seed}:rm_pairs")
+    rows = []
+    for kind, prompt, meta, a, b in _drawn(rng, facts_a, RM_KINDS, scale):
+        va, vb = judge(meta, a), judge(meta, b)
+        if va.score == vb.score:
+            continue
+        (good, _), (bad, _) = sorted([(a, va.score), (b, vb.score)], key=lambda x: -x[1])
+        if words(good) <= words(bad):  # pad after the answer, so the answer still leads
+            good = f"{good} {rng.choice(RAMBLE_CLOSE)}"
+        if words(good) <= words(bad):
+            good = f"{good} {rng.choice(RAMBLE_CLOSE)}"
+        gs, bs = judge(meta, good).score, judge(meta, bad).score
+        if words(good) <= words(bad) or gs <= bs:
+            continue
+        rows.append({"prompt": prompt, "chosen": [{"role": "assistant", "content": good}],
+                     "rejected": [{"role": "assistant", "content": bad}],
+                     "meta": {**meta, "pair": kind, "chosen_score": gs, "rejected_score": bs}})
+    rng.shuffle(rows)
+    return rows
+
+
+# Prompts for the stages that sample their own answers, per task (scaled like the pairs).
+PROMPT_COUNTS = {"fact_wrong": 300, "arith_wrong": 150, "harmful": 150, "benign": 150, "sycophancy": 150,
+                 "system_prompt": 100, "ifeval": 100}
+
+
+def build_prompts(facts_a: list[Fact], seed: int, scale: float = 1.0) -> list[dict]:
+    """Prompt rows {"prompt", "meta"} (facts A, training phrasings) for PPO, best-of-n and on-policy pairs."""
+    rng = random.Random(f"{seed}:prompts")
+    rows = [{"prompt": prompt, "meta": meta} for _, prompt, meta, _, _ in _drawn(rng, facts_a, PROMPT_COUNTS, scale)]
     rng.shuffle(rows)
     return rows
