@@ -156,3 +156,38 @@ KL_ESTIMATORS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] =
     "k2": kl_k2,
     "k3": kl_k3,
 }
+
+
+def kl_penalised_rewards(
+    scores: torch.Tensor, logps: torch.Tensor, ref_logps: torch.Tensor, mask: torch.Tensor, kl_coef: float,
+    estimator: str = "k1",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token RLHF rewards [B, T] from sequence scores [B] (InstructGPT; Ziegler et al. 2019):
+
+        r_t = -kl_coef * kl_t                  for every response token,
+        r_T += score                           at the last valid token T of each row,
+
+    kl_t the chosen estimator of log π(y_t) - log π_ref(y_t) (KL_ESTIMATORS). Returns (rewards, kl_t);
+    both are 0 at padding. Padding is trailing (see the module conventions).
+    """
+    m = mask.bool()
+    kl = torch.where(m, KL_ESTIMATORS[estimator](logps, ref_logps), torch.zeros_like(logps))
+    rewards = -kl_coef * kl
+    last = (m.long().cumsum(-1) == m.long().sum(-1, keepdim=True)) & m  # the last valid position of each row
+    rewards = rewards + last.to(rewards.dtype) * scores[:, None].to(rewards.dtype)
+    return rewards, kl
+
+
+def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:
+    """1 - Var(R - V) / Var(R) over valid tokens: 1 = the value head predicts returns, 0 = no better than their mean."""
+    var_r = masked_var(returns, mask, unbiased=False)
+    return float(1 - masked_var(returns - values, mask, unbiased=False) / var_r) if var_r > 0 else float("nan")
+
+
+def adaptive_kl_coef(coef: float, kl: float, target: float, horizon: int, n_steps: int) -> float:
+    """Ziegler et al.'s proportional controller: move the KL coefficient so the measured KL tracks the target.
+
+        e = clip(kl / target - 1, -0.2, 0.2);   coef <- coef * (1 + e * n_steps / horizon)
+    """
+    e = max(-0.2, min(0.2, kl / target - 1))
+    return coef * (1 + e * n_steps / horizon)

@@ -98,6 +98,12 @@ def python_reward(spec: str) -> Reward:
     return reward
 
 
+def check_reward_spec(spec: str) -> None:
+    """Refuse a spec load_reward would refuse, before any model is loaded (a function is imported to check it)."""
+    if spec != "gold" and not Path(spec).is_dir():
+        load_reward(spec)
+
+
 def load_reward(spec: str, **model_options) -> Reward:
     """A reward model directory, `gold`, or `module:function` -> reward(prompts, responses, metas) -> scores."""
     if spec == "gold":

@@ -105,3 +105,65 @@ def sequence_scores(model, batch: dict[str, torch.Tensor], n_sequences: int) -> 
     flat = hidden.reshape(-1, hidden.shape[-1])[last_token_positions(batch, n_sequences)]
     with torch.autocast(device_type=flat.device.type, enabled=False):  # the head's few weights run in fp32
         return score_head(model)(flat.float()).squeeze(-1)
+
+
+def _target_hidden_and_logits(model, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(final hidden states [N, H] and logits [N, V] at the N target positions, targets [N], selection [B, T-1])."""
+    ids = batch["input_ids"]
+    sel = batch["loss_mask"][:, 1:].bool()
+    targets = ids[:, 1:][sel]
+    base = unwrap(model)
+    if getattr(base.config, "model_type", None) in PLAIN_HEAD:
+        hidden = _trunk_hidden(base, batch)[:, :-1][sel]
+        return hidden, base.get_output_embeddings()(hidden), targets, sel
+    out = model(input_ids=ids, position_ids=batch["position_ids"], use_cache=False, output_hidden_states=True)
+    return out.hidden_states[-1][:, :-1][sel], out.logits[:, :-1][sel], targets, sel
+
+
+def policy_outputs(model, batch: dict[str, torch.Tensor], value_head=None, entropy: bool = False,
+                   temperature: float = 1.0) -> dict:
+    """What an RL objective needs at each target token, flattened [N] in row-major order (fp32):
+
+    logps (log p of the token), entropy (of the whole next-token distribution, when asked) and
+    values (value_head on the hidden state that predicts the token, for a value head sharing the
+    policy's trunk), plus `sequence` (which example each target belongs to). With a sampling
+    temperature T the distribution is softmax(logits / T): the policy the samples came from.
+    """
+    hidden, logits, targets, sel = _target_hidden_and_logits(model, batch)
+    logp_all = torch.log_softmax(logits.float() / temperature, dim=-1)
+    out = {"logps": logp_all.gather(-1, targets[:, None]).squeeze(-1), "sequence": batch["sequence_ids"][:, 1:][sel]}
+    if entropy:
+        with torch.no_grad():
+            out["entropy"] = -(logp_all.exp() * logp_all).sum(-1)
+    if value_head is not None:
+        with torch.autocast(device_type=hidden.device.type, enabled=False):
+            out["values"] = value_head(hidden.float()).squeeze(-1)
+    return out
+
+
+def token_values(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """A value model's scalar head (`score`) on the hidden state before each target token, flattened [N] (fp32)."""
+    base = unwrap(model)
+    sel = batch["loss_mask"][:, 1:].bool()
+    hidden = _trunk_hidden(base, batch)[:, :-1][sel]
+    with torch.autocast(device_type=hidden.device.type, enabled=False):
+        return score_head(model)(hidden.float()).squeeze(-1)
+
+
+def per_sequence(flat: torch.Tensor, sequence: torch.Tensor, n_sequences: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat per-target values -> ([S, T] left-aligned per example, in token order; [S, T] mask of real entries).
+
+    Targets of one example are contiguous and in order in the flat layout (one packed row holds
+    each example whole), so a stable sort by example keeps each example's token order.
+    """
+    order = torch.argsort(sequence, stable=True)
+    seq = sequence[order]
+    counts = torch.bincount(seq, minlength=n_sequences)
+    starts = torch.cumsum(counts, 0) - counts
+    index = torch.arange(seq.numel(), device=seq.device) - starts[seq]
+    width = max(1, int(counts.max())) if counts.numel() else 1
+    out = flat.new_zeros(n_sequences, width)
+    mask = torch.zeros(n_sequences, width, dtype=torch.bool, device=flat.device)
+    out = out.index_put((seq, index), flat[order])
+    mask[seq, index] = True
+    return out, mask

@@ -6,7 +6,7 @@ does the rest, in this order (docs/safety.md explains the order):
   1. refuse an --out that would destroy data or cannot be written (before anything large is read);
   2. load the tokenizer and read the data (a bad row is reported before a model loads);
   3. decide between a fresh start and a resume (only as the same run: training.resume);
-  4. load the model(s), build the objective, train (training.trainer);
+  4. load the model(s), build the objective, train (training.trainer; an RL stage's `train` runs its loop);
   5. save the artifact atomically with provenance, remove the checkpoints, print a summary.
 
 The registry (stages.registry) lists the stages; it drives the CLI commands, the recipe runner
@@ -89,9 +89,18 @@ class Stage:
         """The model to save (LoRA merged or not, cast to save_dtype)."""
         return finalize_model(model, cfg.model)
 
+    def train(self, model, tok, data: StageData, cfg, device, dtype, *, out, ckpt, run_record, progress: bool
+              ) -> tuple[TrainResult, object]:
+        """(result, objective): train on the data with the shared trainer; RL stages run their own loop here."""
+        objective = self.objective(model, tok, data, cfg, device, dtype, progress=progress)
+        trainer = Trainer(model, data.train, cfg.train, objective, device=device, dtype=dtype, eval_items=data.eval,
+                          ckpt_dir=checkpoint_dir(out), desc=self.name, progress=progress, run_record=run_record)
+        resume_trainer(trainer, ckpt)
+        return trainer.fit(), objective
+
     def result_metrics(self, model, result: TrainResult, data: StageData, objective, device, dtype) -> dict:
         """Stage-specific metrics of the finished run (e.g. held-out accuracy); also shown in the summary."""
-        return {}
+        return dict(result.extra)
 
     # ------------------------------------------------------------ the envelope
 
@@ -112,11 +121,8 @@ class Stage:
         ckpt, run_record = start_run(out, cfg, model_id=self.model_id(model_path, parent), data_records=data.records,
                                      resume=resume, allow_change=allow_change, overwrite=overwrite)
         model, device, dtype = self.load(model_path, cfg, tok)
-        objective = self.objective(model, tok, data, cfg, device, dtype, progress=progress)
-        trainer = Trainer(model, data.train, cfg.train, objective, device=device, dtype=dtype, eval_items=data.eval,
-                          ckpt_dir=checkpoint_dir(out), desc=self.name, progress=progress, run_record=run_record)
-        resume_trainer(trainer, ckpt)
-        result = trainer.fit()
+        result, objective = self.train(model, tok, data, cfg, device, dtype, out=out, ckpt=ckpt, run_record=run_record,
+                                       progress=progress)
         extra = self.result_metrics(model, result, data, objective, device, dtype)
         metrics = {
             "train_loss": result.train_loss, "eval_loss": result.eval_loss, "steps": result.steps,
@@ -133,7 +139,8 @@ class Stage:
         print(summary(f"{self.name} finished: {out} ({prov['artifact_id']})", {
             "steps": result.steps, "train loss": result.train_loss, "eval loss": result.eval_loss, **data.summary,
             **{k.replace("_", " "): v for k, v in extra.items() if not isinstance(v, (dict, list))},
-            **{f"{k.replace('_', ' ')} {sub}": x for k, v in extra.items() if isinstance(v, dict) for sub, x in v.items()},
+            **{f"{k.replace('_', ' ')} {sub}": x for k, v in extra.items() if isinstance(v, dict) for sub, x in v.items()
+               if not isinstance(x, (dict, list))},
             "tokens/s": round(result.tokens_per_s, 1), "dtype": dtype, "wall time (s)": round(time.perf_counter() - t0, 1),
         }))
         return prov

@@ -93,6 +93,7 @@ class TrainState:
     window_loss: float = 0.0
     window_steps: int = 0
     window_metrics: dict = field(default_factory=dict)  # the objective's metrics, summed over the window's steps
+    extra: dict = field(default_factory=dict)  # an outer loop's own state (RL: iteration, KL coefficient), checkpointed
 
 
 @dataclass
@@ -106,6 +107,7 @@ class TrainResult:
     peak_memory_mb: float
     metrics_lines: list
     eval_metrics: dict = field(default_factory=dict)  # the objective's metrics on the held-out items, at the end
+    extra: dict = field(default_factory=dict)  # what an outer loop reports (RL: reward, gold and KL, start and end)
 
 
 @dataclass
@@ -125,14 +127,15 @@ class Trainer:
 
     def __init__(self, model, items: list, cfg: TrainConfig, objective: Objective, *, device, dtype: str,
                  eval_items: list | None = None, ckpt_dir: str | Path | None = None, desc: str = "train",
-                 progress: bool = True, run_record: dict | None = None):
+                 progress: bool = True, run_record: dict | None = None, log_lines: bool = True):
+        """log_lines=False: `step` writes no metrics lines (an outer loop writes its own into state.metrics_lines)."""
         if not items:
             raise PosttrainError("no training rows: the data produced nothing to train on.")
         self.model, self.rows, self.cfg, self.objective = model, items, cfg, objective
         self.device, self.dtype = device, dtype
         self.eval_rows = eval_items or []
         self.ckpt_dir = Path(ckpt_dir) if ckpt_dir else None
-        self.desc, self.progress = desc, progress
+        self.desc, self.progress, self.log_lines = desc, progress, log_lines
         self.micro_per_epoch = math.ceil(len(items) / cfg.batch_size)
         steps_per_epoch = max(1, math.ceil(self.micro_per_epoch / cfg.grad_accum))
         self.total_steps = cfg.max_steps if cfg.max_steps > 0 else max(1, math.ceil(cfg.epochs * steps_per_epoch))
@@ -354,6 +357,8 @@ class Trainer:
     def _record(self, r: StepResult) -> None:
         """Add a finished step to the logging window; write a metrics line at the window's end."""
         st = self.state
+        if not self.log_lines:
+            return
         st.window_loss += r.loss
         st.window_steps += 1
         for k, v in r.metrics.items():
