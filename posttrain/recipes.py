@@ -27,6 +27,7 @@ import copy
 import difflib
 import hashlib
 import json
+import re
 import shutil
 import time
 from dataclasses import dataclass, fields
@@ -317,9 +318,11 @@ class Runner:
 
 
 def _refs(value) -> list[str]:
-    """Every `@stage/...` reference in a stage entry, nested options included."""
+    """Every `@stage/...` reference in a stage entry, nested options included; also one behind a `kind:` prefix
+    (a preferences label `ai:@judge`), so that it is checked and fingerprinted like the others."""
     if isinstance(value, str):
-        return [value] if value.startswith("@") else []
+        prefixed = re.match(r"^\w+:(@.*)$", value)
+        return [value] if value.startswith("@") else [prefixed.group(1)] if prefixed else []
     if isinstance(value, dict):
         value = list(value.values())
     if isinstance(value, list):
