@@ -19,7 +19,7 @@ Each case builds its inputs in a fresh folder, runs `posttrain` on them (in-proc
 
 Shared inputs (the tiny model, the chats, an interrupted run's checkpoints, a finished artifact)
 are built once per session and are read-only by contract; a case that damages one copies it.
-`sft`, `pretrain`, `reward` and `dpo` commands get FAST settings (tiny, 2 steps, CPU) right after the command word,
+`sft`, `pretrain`, `reward`, `dpo` and `ppo` commands get FAST settings (tiny, 2 steps, CPU) right after the command word,
 so a case's own `--set` wins.
 """
 
@@ -57,6 +57,8 @@ FAST = {
               "--set train.batch_size=2 --set data.max_length=64 --set data.eval_fraction=0.25",
     "dpo": "--no-progress --set model.device=cpu --set model.dtype=fp32 --set train.max_steps=2 "
            "--set train.batch_size=2 --set data.max_length=64 --set data.eval_fraction=0.25",
+    "ppo": "--no-progress --set model.device=cpu --set model.dtype=fp32 --set train.max_steps=1 "
+           "--set rollout.prompts_per_step=2 --set rollout.max_new_tokens=4 --set track.every=0 --set train.batch_size=2",
     "pretrain": "--no-progress --set model.device=cpu --set model.dtype=fp32 --set train.max_steps=2 "
                 "--set train.batch_size=2 --set data.seq_len=32 --set arch.hidden_size=32 --set arch.num_layers=1 "
                 "--set arch.intermediate_size=64 --set arch.num_heads=2 --set arch.num_kv_heads=2",
@@ -67,6 +69,8 @@ CHAT = {"messages": [{"role": "user", "content": "What is the capital of France?
 PAIR = {"prompt": [{"role": "user", "content": "What is the capital of France?"}],
         "chosen": [{"role": "assistant", "content": "The capital of France is Paris."}],
         "rejected": [{"role": "assistant", "content": "I don't know."}]}
+PROMPT = {"prompt": [{"role": "user", "content": "What is the capital of France?"}],
+          "meta": {"task": "fact", "answer": "Paris", "aliases": []}}
 BIG_PROMPT = "The capital of France is Paris. " * 32_000  # 1 MB; the tiny model has 512 positions
 SFT_RECIPE = """name: r
 stages:
@@ -460,6 +464,27 @@ CASES = [
          "is the --data path itself", (jsonl("p.jsonl", PAIR),)),
     Case("dpo-ref-model-missing", "dpo --model $model --data $tmp/p.jsonl --out $tmp/out --set loss.ref_model=$tmp/nope",
          2, "'$tmp/nope' does not exist", (jsonl("p.jsonl", *[PAIR] * 4),)),
+    # --- the stages that sample their own answers: prompt rows (preference rows work too)
+    Case("ppo-trains", "ppo --model $model --data $tmp/q.jsonl --out $tmp/out --set reward.model=gold", 0, (),
+         (jsonl("q.jsonl", *[PROMPT] * 6),), writes=("out",)),
+    Case("ppo-without-reward", "ppo --model $model --data $tmp/q.jsonl --out $tmp/out", 2,
+         ("reward.model is not set", "--set reward.model="), (jsonl("q.jsonl", PROMPT),)),
+    Case("ppo-reward-missing", "ppo --model $model --data $tmp/q.jsonl --out $tmp/out --set reward.model=$tmp/nope", 2,
+         "reward '$tmp/nope' is neither a reward model directory", (jsonl("q.jsonl", *[PROMPT] * 6),)),
+    *[Case(f"{name}-{case}", cmd, 2, says, (jsonl("q.jsonl", PROMPT, row),)) for name, cmd in [
+        ("ppo", "ppo --model $model --data $tmp/q.jsonl --out $tmp/out --set reward.model=gold"),
+        ("bon", f"bon $model --prompts $tmp/q.jsonl --reward gold --n 1,2 --out $tmp/out {MODEL_OPTS}"),
+        ("preferences", f"preferences sample $model --prompts $tmp/q.jsonl --label gold --n 2 --out $tmp/o.jsonl"),
+      ] for case, row, says in [
+          ("prompt-a-number", {"prompt": 3}, "$tmp/q.jsonl, line 2: field 'prompt'"),
+          ("prompt-ends-with-assistant", {"prompt": [{"role": "assistant", "content": "Hi"}]},
+           "$tmp/q.jsonl, line 2: field 'prompt' ends with an assistant turn"),
+          ("meta-a-list", {**PROMPT, "meta": [1]}, "$tmp/q.jsonl, line 2: field 'meta' must be an object"),
+      ]],
+    Case("bon-n-zero", f"bon $model --prompts $tmp/q.jsonl --reward gold --n 0,2 --out $tmp/out {MODEL_OPTS}", 2, "--n",
+         (jsonl("q.jsonl", PROMPT),)),
+    Case("preferences-unknown-label", "preferences sample $model --prompts $tmp/q.jsonl --label nope --n 2 "
+         "--out $tmp/o.jsonl", 2, "nope", (jsonl("q.jsonl", PROMPT),)),
 ]
 
 

@@ -4,6 +4,7 @@ given twice in a YAML file is an error; recipe stages accept only their own keys
 
 import dataclasses
 import math
+import types
 import typing
 
 import pytest
@@ -34,7 +35,9 @@ def leaf_fields(cls):
 
 
 def numeric_base(tp):
-    """int or float for a numeric type (also inside `X | None`), else None."""
+    """int or float for a numeric type (also inside `X | None`), else None (a list of numbers is no number)."""
+    if typing.get_origin(tp) not in (None, typing.Union, types.UnionType):
+        return None
     args = [a for a in typing.get_args(tp) if a is not type(None)] or [tp]
     return args[0] if len(args) == 1 and args[0] in (int, float) else None
 
@@ -249,7 +252,7 @@ WORLD = {"name": "world", "stage": "world", "scale": 0.02}
 @pytest.mark.parametrize("entry,fragment", [
     ({"name": "ev", "stage": "eval", "model": "m", "prob": ["cloze_recall"]},
      "stage 'ev' (eval): unknown key 'prob'. Did you mean 'probes'? Allowed here: name, stage, model, probes, n, "
-     "source, batch_size."),
+     "source, batch_size, best_of_n, reward, temperature."),
     ({"name": "sft", "stage": "sft", "model": "m", "data": "d.jsonl", "confg": {"train": {"lr": 1e-3}}},
      "stage 'sft' (sft): unknown key 'confg'. Did you mean 'config'?"),
     ({"name": "w2", "stage": "world", "sed": 3}, "stage 'w2' (world): unknown key 'sed'. Did you mean 'seed'?"),

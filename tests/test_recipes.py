@@ -227,9 +227,9 @@ def recipe_with(tmp_path, stages, **extra):
 
 
 def test_unknown_stage_kind(tmp_path):
-    path = recipe_with(tmp_path, [{"name": "w", "stage": "world"}, {"name": "x", "stage": "ppo"}])
-    with pytest.raises(ConfigError, match=r"stage 2: unknown stage 'ppo'; choose one of world, tokenizer, pretrain, sft, "
-                                          r"reward, dpo, eval"):
+    path = recipe_with(tmp_path, [{"name": "w", "stage": "world"}, {"name": "x", "stage": "ppx"}])
+    with pytest.raises(ConfigError, match=r"stage 2: unknown stage 'ppx'; choose one of world, tokenizer, pretrain, sft, "
+                                          r"reward, dpo, ppo, eval, preferences, bon"):
         load_recipe(path)
 
 

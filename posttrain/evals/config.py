@@ -15,3 +15,6 @@ class EvalConfig:
     n: int | None = opt(None, "At most N prompts per probe set (null = all).", ge=1)
     source: str | None = opt(None, "World directory the probe sets come from, e.g. `@world` (null = the built-in world, seed 0).")
     batch_size: int = opt(64, "Prompts per generation batch.", ge=1)
+    best_of_n: int = opt(1, "Answer each chat prompt with the best of this many samples by `reward` (1 = the model's own greedy answer).", ge=1)
+    reward: str | None = opt(None, "The reward that picks the best of n: a reward model directory (`@stage` in a recipe) or module:function.")
+    temperature: float = opt(1.0, "Sampling temperature of the n samples when best_of_n > 1.", gt=0)

@@ -1,8 +1,8 @@
 """Every stage, by name: the one list that drives the CLI commands, the recipe runner and docs/options.md.
 
 Training stages (stages.base.Stage) are commands of their own (`posttrain sft ...`) and recipe
-stages taking `model`, `data` and `config`. Recipe-only stages (world, tokenizer, eval) take their
-options as keys of the stage entry itself.
+stages taking `model`, `data` and `config`. Recipe-only stages (world, tokenizer, eval, preferences,
+bon) take their options as keys of the stage entry itself.
 """
 
 from __future__ import annotations
@@ -11,11 +11,12 @@ from __future__ import annotations
 def training_stages() -> dict:
     """name -> Stage, in command order."""
     from posttrain.stages.dpo import STAGE as dpo
+    from posttrain.stages.ppo import STAGE as ppo
     from posttrain.stages.pretrain import STAGE as pretrain
     from posttrain.stages.reward import STAGE as reward
     from posttrain.stages.sft import STAGE as sft
 
-    return {s.name: s for s in sorted((pretrain, sft, reward, dpo), key=lambda s: s.order)}
+    return {s.name: s for s in sorted((pretrain, sft, reward, dpo, ppo), key=lambda s: s.order)}
 
 
 def stage_configs() -> dict[str, type]:
@@ -25,11 +26,14 @@ def stage_configs() -> dict[str, type]:
 
 def recipe_stage_configs() -> dict[str, type]:
     """Recipe stages whose options are keys of the stage entry itself."""
+    from posttrain.bon import BestOfNConfig
     from posttrain.evals.config import EvalConfig
+    from posttrain.feedback.config import PreferencesConfig
     from posttrain.stages.tokenizer import TokenizerConfig
     from posttrain.world.build import WorldConfig
 
-    return {"world": WorldConfig, "tokenizer": TokenizerConfig, "eval": EvalConfig}
+    return {"world": WorldConfig, "tokenizer": TokenizerConfig, "eval": EvalConfig, "preferences": PreferencesConfig,
+            "bon": BestOfNConfig}
 
 
 class RecipeStep:
@@ -69,10 +73,55 @@ def _eval(runner, spec, model, data, out, resume):
     o = spec.options
     m, tok = load_model_and_tokenizer(model)
     source = str(runner.resolve(o.source)) if o.source else None
+    engine, name = None, runner.model_ref
+    if o.best_of_n > 1:
+        from posttrain.bon import BestOfNEngine
+        from posttrain.engine import Engine
+        from posttrain.errors import ConfigError
+        from posttrain.rewards import load_reward
+
+        if not o.reward:
+            raise ConfigError(f"stage '{spec.name}': best_of_n {o.best_of_n} needs `reward` (the model that picks the "
+                              f"best answer), e.g. reward: \"@reward\".")
+        reward = load_reward(str(runner.resolve(o.reward)) if o.reward.startswith("@") else o.reward)
+        engine = BestOfNEngine(Engine(m, tok, batch_size=o.batch_size), reward, o.best_of_n, o.temperature)
+        name = f"best-of-{o.best_of_n} of {runner.model_ref} by {o.reward}"
     report = run_probes(m, tok, probes=o.probes, source=source, n=o.n, batch_size=o.batch_size,
-                        progress=runner.progress, model_name=runner.model_ref)
+                        progress=runner.progress, model_name=name, engine=engine)
     out.mkdir(parents=True, exist_ok=True)
     report.save(out / "eval_report.json")
+
+
+def _preferences(runner, spec, model, data, out, resume):
+    """On-policy pairs: `model` (the current policy) samples the prompts of `data`; writes OUT/preferences.jsonl
+    and OUT/preferences.summary.json, for a later stage's `data: "@NAME/preferences.jsonl"`."""
+    from posttrain.artifacts import atomic_dir
+    from posttrain.feedback.sampling import resolve_label, sample_preferences, write_preferences
+
+    o = spec.options
+    rows, summary = sample_preferences(
+        model, data, o.n, resolve_label(o.label, runner.resolve), limit=o.limit, seed=o.seed,
+        temperature=o.temperature, max_new_tokens=o.max_new_tokens, margin=o.margin,
+        constitution=str(runner.resolve(o.constitution)) if o.constitution else None, progress=runner.progress)
+    with atomic_dir(out) as tmp:
+        write_preferences(tmp / "preferences.jsonl", rows, summary)
+
+
+def _bon(runner, spec, model, data, out, resume):
+    """Best-of-n from `model` against `reward` on the prompts of `data` (posttrain bon): OUT/bon.json and the curve."""
+    import argparse
+
+    from posttrain.commands import bon as command
+
+    o = spec.options
+    parser = argparse.ArgumentParser()
+    command.add_arguments(parser)
+    reward = str(runner.resolve(o.reward)) if o.reward.startswith("@") else o.reward
+    argv = [str(model), "--prompts", str(data), "--reward", reward, "--n", ",".join(map(str, o.n)), "--out", str(out),
+            "--overwrite", "--temperature", str(o.temperature), "--max-new-tokens", str(o.max_new_tokens),
+            "--seed", str(o.seed)]
+    argv += (["--limit", str(o.limit)] if o.limit else []) + ([] if runner.progress else ["--no-progress"])
+    command.run(parser.parse_args(argv))
 
 
 def recipe_steps() -> dict[str, RecipeStep]:
@@ -82,6 +131,8 @@ def recipe_steps() -> dict[str, RecipeStep]:
              RecipeStep("tokenizer", ("data",), _tokenizer, options=configs["tokenizer"])]
     steps += [_training_step(s) for s in training_stages().values()]
     steps.append(RecipeStep("eval", ("model",), _eval, options=configs["eval"]))
+    steps.append(RecipeStep("preferences", ("model", "data"), _preferences, options=configs["preferences"]))
+    steps.append(RecipeStep("bon", ("model", "data"), _bon, options=configs["bon"]))
     return {s.kind: s for s in steps}
 
 
