@@ -1,4 +1,5 @@
-"""The quick demo end to end: world -> probes on the base -> SFT -> probes -> reward model and DPO -> probes."""
+"""The quick demo end to end: world -> probes on the base -> SFT -> probes -> reward model, DPO, PPO and best-of-n
+-> probes, and the over-optimisation plot."""
 
 import json
 
@@ -29,3 +30,19 @@ def test_quick_demo_turns_the_base_into_an_assistant(tmp_path, capsys):
     assert summary["reward_model"]["heldout_accuracy"] == reward["metrics"]["heldout_accuracy"]
     assert json.loads((out / "eval_dpo" / "eval_report.json").read_text())["probes"].keys() == sft["probes"].keys()
     assert "Reward model" in printed and "worse than SFT" in printed and "dpo (chat)" in printed
+    # the RLHF branch: PPO from SFT against the reward model, best-of-n from SFT against it, both measured with gold
+    ppo = json.loads((out / "ppo" / "provenance.json").read_text())
+    assert ppo["parent"]["artifact_id"] == sft_id and ppo["config"]["reward"]["model"] == str(out / "reward")
+    curve = ppo["metrics"]["overoptimisation"]["points"]
+    assert curve[0]["iteration"] == 0 and curve[-1]["iteration"] == ppo["metrics"]["steps"] and "gold" in curve[0]
+    bon = json.loads((out / "bon" / "bon.json").read_text())
+    assert [r["n"] for r in bon["rows"]] == [1, 2, 4] and "gold" in bon["rows"][0]
+    assert bon["rows"][-1]["proxy"] >= bon["rows"][0]["proxy"]  # the estimator's best-of-n proxy never falls with n
+    assert (out / "overoptimisation.png").stat().st_size > 10_000
+    flaw = summary["reward_model"]["flaw"]
+    assert 0 <= flaw["accuracy_when_better_is_shorter"] <= 1 and flaw["better_is_shorter_pairs"] > 0
+    assert set(summary["overoptimisation"]) >= {"plot", "bon", "ppo"}
+    bon_report = json.loads((out / "eval_bon" / "eval_report.json").read_text())
+    assert {"harmful_refusal", "over_refusal", "gold_reward"} <= set(bon_report["probes"])
+    assert bon_report["model"].startswith("best-of-4 of @sft")
+    assert "Over-optimisation" in printed and "ppo (chat)" in printed and "best-of-4" in printed
