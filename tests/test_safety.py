@@ -194,7 +194,9 @@ def test_no_room_for_the_artifact_is_refused_before_the_model_loads(tiny_llama_d
 
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(outputs.shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 1000, 1000))
-    refused(capsys, sft_args(tiny_llama_dir, chat_file, tmp_path / "sft"), "has 0.00 GB free, but the result needs about")
+    out = tmp_path / "sft"
+    err = refused(capsys, sft_args(tiny_llama_dir, chat_file, out), "has 0.00 GB free, but the result needs about")
+    assert "has 0.00 GB free, but the result needs about" in err and not out.exists()
 
 
 def test_relation_and_describe(tmp_path):

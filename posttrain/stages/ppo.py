@@ -41,7 +41,7 @@ from posttrain.losses_rl import (
     ppo_policy_loss, ppo_value_loss,
 )
 from posttrain.modeling.forward import policy_outputs, token_values
-from posttrain.models import autocast, load_model
+from posttrain.models import load_model
 from posttrain.rewards import check_reward_spec
 from posttrain.rollouts import Rollout, rollout_batch, unflatten
 from posttrain.stages.base import Stage, StageData

@@ -18,7 +18,6 @@ from contextlib import nullcontext
 
 import torch
 
-from posttrain.console import notice
 from posttrain.data.prompts import PromptRow
 from posttrain.engine import Engine, SamplingParams
 from posttrain.errors import TrainingInterrupted
@@ -60,12 +59,14 @@ class RLLoop:
     def prompts_for(self, iteration: int) -> list[PromptRow]:
         """The iteration's prompts: consecutive slices of a seeded shuffle, reshuffled each pass."""
         rows, b = self.data.train, self.cfg.rollout.prompts_per_step
+        perms: dict[int, list[int]] = {}  # one shuffle per pass over the prompts this iteration touches
         out = []
         for k in range(iteration * b, (iteration + 1) * b):
             epoch, i = divmod(k, len(rows))
-            perm = list(range(len(rows)))
-            random.Random(self.cfg.train.seed * 1000003 + epoch).shuffle(perm)
-            out.append(rows[perm[i]])
+            if epoch not in perms:
+                perms[epoch] = list(range(len(rows)))
+                random.Random(self.cfg.train.seed * 1000003 + epoch).shuffle(perms[epoch])
+            out.append(rows[perms[epoch][i]])
         return out
 
     def sample(self, prompts: list[PromptRow], seed: int) -> list[Rollout]:
