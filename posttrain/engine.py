@@ -9,9 +9,14 @@ The algorithm, per batch of prompts of similar length:
      (its cache rows are dropped), so late steps compute only the rows still generating.
 
 Every token a row receives is appended in that loop with a mask bit: 1 for a
-token the model sampled. A token the runtime injects (a tool result, later)
-goes through the same loop from `Row.forced` with mask 0, so loss masking and
-tool use share one mechanism.
+token the model sampled. A token the runtime injects goes through the same loop
+from `Row.forced` with mask 0, so loss masking and tool use share one mechanism.
+
+Tool use (an Engine given a posttrain.tools.ToolRunner): when a row ends its turn with a
+<tool_call>, the runner runs the tool and the chat template's rendering of the `tool` message and
+of the next assistant prompt is queued on the row as forced tokens; the row goes on sampling after
+them, up to the runner's max_calls calls. max_new_tokens counts sampled tokens only; injected ones
+count against the context alone. The completion's `text` is the last turn, what a grader reads.
 
 A prompt must leave room for the reply in the model's context (posttrain.context_window): an overlong
 one is an error, or cut from the left with `overlong_prompt="truncate"`; one that fits with less room
@@ -89,6 +94,8 @@ class Completion:
     logprobs: list[float]  # raw model log-softmax (temperature 1, no filtering) of each token in token_ids
     mask: list[int]  # 1 = sampled by the model; 0 = injected by the runtime (tool results)
     finish_reason: str  # "stop" | "length"
+    turns: list[tuple[str, str]] = field(default_factory=list)  # (assistant text, tool result) per tool call
+    full_text: str = ""  # every token decoded, tool turns included (== text without tools)
 
 
 @dataclass
@@ -102,6 +109,11 @@ class Row:
     mask: list[int] = field(default_factory=list)
     forced: deque = field(default_factory=deque)  # tokens to inject instead of sampling (mask 0)
     finish_reason: str | None = None
+    conversation: list[dict] | None = None  # the messages before the reply (for tool turns)
+    room: int = 1 << 30  # most tokens, sampled and injected, the context has room for
+    sampled: int = 0  # tokens sampled so far (mask 1)
+    turn_start: int = 0  # where the current assistant turn starts in token_ids
+    turns: list = field(default_factory=list)  # (assistant text, tool result) of each tool call so far
 
 
 # A row stops where a turn ends: the same tokens a chat-trained artifact lists as eos for `generate`.
@@ -143,11 +155,13 @@ def draw(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 
 class Engine:
-    def __init__(self, model, tokenizer, batch_size: int = 32, dtype: str = "auto", overlong_prompt: str = "error"):
+    def __init__(self, model, tokenizer, batch_size: int = 32, dtype: str = "auto", overlong_prompt: str = "error",
+                 tools=None):
         """overlong_prompt: what to do with a prompt that leaves no room for a reply in the model's
-        context: "error" (raise OverlongPromptError naming it) or "truncate" (keep its last tokens)."""
+        context: "error" (raise OverlongPromptError naming it) or "truncate" (keep its last tokens).
+        tools: a posttrain.tools.ToolRunner; chat() then renders the tools and runs the model's calls."""
         check_overlong_mode(overlong_prompt)
-        self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
+        self.model, self.tokenizer, self.batch_size, self.tools = model, tokenizer, batch_size, tools
         self.overlong_prompt = overlong_prompt
         self.context = context_length(model, tokenizer)  # None: unknown, prompts are not checked
         self._max_token_chars: int | None = None
@@ -164,10 +178,13 @@ class Engine:
              ) -> list[Completion]:
         """Generate the next assistant turn of each conversation (rendered with the chat template):
         params.n turns per conversation, prompt-major, as `generate`."""
-        prompts = [render_generation_prompt(self.tokenizer, m) for m in conversations]
+        if self.tools is None:
+            prompts = [render_generation_prompt(self.tokenizer, m) for m in conversations]
+        else:
+            prompts = [render_generation_prompt(self.tokenizer, *self.tools.prompt_messages(m)) for m in conversations]
         names = labels or [_excerpt(f"conversation {i}, last message", str(m[-1].get("content", "")) if m else "")
                            for i, m in enumerate(conversations)]
-        return self.generate(prompts, params, names)
+        return self.generate(prompts, params, names, conversations=conversations if self.tools else None)
 
     def encode_prompt(self, prompt: str) -> tuple[list[int], bool]:
         """(ids, whole): the prompt's token ids, or, for a prompt surely longer than the context, those of a
@@ -180,11 +197,12 @@ class Engine:
         return bounded_ids(encode, prompt, self.context, self._max_token_chars)
 
     def generate(self, prompts: list[str] | list[list[int]], params: SamplingParams,
-                 labels: list[str] | None = None) -> list[Completion]:
+                 labels: list[str] | None = None, conversations: list[list[dict]] | None = None) -> list[Completion]:
         """Continue each prompt params.n times: len(prompts) * n completions, sample j of prompt i at i * n + j.
         Strings are tokenized as written (no BOS added: chat templates write their own).
 
         labels name the prompts in errors and notices (default "prompt 0", "prompt 1", ...).
+        conversations: the messages each prompt renders, for tool turns (chat() passes them).
         """
         measured = [self.encode_prompt(p) if isinstance(p, str) else (list(p), True) for p in prompts]
         for i, (p, _) in enumerate(measured):
@@ -193,10 +211,12 @@ class Engine:
         names = labels or [_excerpt(f"prompt {i}", p) if isinstance(p, str) else f"prompt {i}"
                            for i, p in enumerate(prompts)]
         ids, budgets = self._fit_to_context(prompts, measured, params, names)
+        convs = conversations or [None] * len(ids)
         # copies: the rows one prefilled prompt feeds. Without a shared prefill each sample is its own prompt.
         copies = params.n if params.share_prefill else 1
         if copies < params.n:
             ids, budgets = [p for p in ids for _ in range(params.n)], [b for b in budgets for _ in range(params.n)]
+            convs = [c for c in convs for _ in range(params.n)]
         stop_ids = params.stop_token_ids
         stop_ids = set(default_stop_token_ids(self.tokenizer) if stop_ids is None else stop_ids)
         generator = torch.Generator(self.device).manual_seed(params.seed)
@@ -213,7 +233,9 @@ class Engine:
             with torch.no_grad(), autocast(self.dtype, self.device), head_in_fp32(self.model, self.device):
                 for start in range(0, len(order), per_batch):
                     batch = order[start : start + per_batch]
-                    rows = [Row(prompt_ids=ids[i], max_new_tokens=budgets[i]) for i in batch for _ in range(copies)]
+                    rows = [Row(prompt_ids=ids[i], max_new_tokens=budgets[i], conversation=convs[i],
+                                room=self.context - len(ids[i]) if self.context else 1 << 30)
+                            for i in batch for _ in range(copies)]
                     self._generate_batch(rows, params, stop_ids, generator, copies)
                     for k, row in enumerate(rows):
                         results[batch[k // copies] * copies + k % copies] = self._completion(row, params, stop_ids)
@@ -265,6 +287,10 @@ class Engine:
 
     def _generate_batch(self, rows: list[Row], params, stop_ids: set[int], generator, copies: int = 1) -> None:
         """Generate `rows` in place: every `copies` consecutive rows share one prompt, prefilled once."""
+        if max(r.max_new_tokens for r in rows) <= 0:
+            for row in rows:
+                row.finish_reason = "length"
+            return
         prompts = [r.prompt_ids for r in rows[::copies]]
         width = max(len(p) for p in prompts)
         input_ids = torch.tensor([[self.pad_id] * (width - len(p)) + p for p in prompts], device=self.device)
@@ -279,7 +305,7 @@ class Engine:
                                                  for t in (logits, attention_mask, positions))
 
         live = list(rows)  # the rows still generating, in the order of the tensors' rows
-        for _ in range(max(r.max_new_tokens for r in rows)):
+        while True:
             tokens = pick_tokens(logits, params, generator)
             injected = [k for k, row in enumerate(live) if row.forced]  # rows taking a runtime token (mask 0)
             if injected:
@@ -291,7 +317,10 @@ class Engine:
             for k, (row, tok, lp) in enumerate(zip(live, tokens.tolist(), logprobs.tolist())):
                 row.token_ids.append(tok)
                 row.mask.append(0 if k in injected else 1)
+                row.sampled += row.mask[-1]
                 row.logprobs.append(lp)
+                if self.tools is not None and row.mask[-1] == 1 and tok in stop_ids:
+                    self._call_tool(row)
                 row.finish_reason = self._finish_reason(row, params, stop_ids)
             keep = [k for k, row in enumerate(live) if row.finish_reason is None]
             if not keep:
@@ -307,14 +336,31 @@ class Engine:
         for row in rows:
             row.finish_reason = row.finish_reason or "length"
 
+    def _call_tool(self, row: Row) -> None:
+        """The row just ended its turn: if the turn calls a tool, queue the tool's answer and the next
+        assistant prompt as forced tokens (when they fit the context and the runner allows another call)."""
+        if row.conversation is None or len(row.turns) >= self.tools.max_calls:
+            return
+        turn = self.tokenizer.decode(row.token_ids[row.turn_start:-1], skip_special_tokens=True)
+        result = self.tools.run(turn)
+        if result is None:
+            return
+        end = self.tokenizer.convert_ids_to_tokens(row.token_ids[-1])
+        text = self.tools.injection(row.conversation, row.turns + [(turn, result)], end)
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(row.token_ids) + len(ids) < row.room:
+            row.turns.append((turn, result))
+            row.forced.extend(ids)
+            row.turn_start = len(row.token_ids) + len(ids)
+
     def _finish_reason(self, row: Row, params: SamplingParams, stop_ids: set[int]) -> str | None:
         if row.forced:
             return None  # an injection in progress always completes
         if row.mask[-1] == 1 and row.token_ids[-1] in stop_ids:
             return "stop"
-        if params.stop_strings and self._has_stop_string(row.token_ids, params.stop_strings):
+        if params.stop_strings and self._has_stop_string(row.token_ids[row.turn_start:], params.stop_strings):
             return "stop"
-        if len(row.token_ids) >= row.max_new_tokens:
+        if row.sampled >= row.max_new_tokens or len(row.token_ids) >= row.room:
             return "length"
         return None
 
@@ -328,11 +374,13 @@ class Engine:
     def _completion(self, row: Row, params: SamplingParams, stop_ids: set[int]) -> Completion:
         ended_by_token = row.finish_reason == "stop" and row.token_ids[-1] in stop_ids
         said = row.token_ids[:-1] if ended_by_token else row.token_ids
-        text = self.tokenizer.decode(said, skip_special_tokens=True)
+        text = self.tokenizer.decode(said[row.turn_start:], skip_special_tokens=True)
         cuts = [text.find(s) for s in params.stop_strings if s in text]
         if cuts:
             text = text[: min(cuts)]
-        return Completion(row.prompt_ids, row.token_ids, text, row.logprobs, row.mask, row.finish_reason)
+        full = self.tokenizer.decode(said, skip_special_tokens=True) if row.turns else text
+        return Completion(row.prompt_ids, row.token_ids, text, row.logprobs, row.mask, row.finish_reason,
+                          list(row.turns), full)
 
 
 def _excerpt(name: str, text: str, n: int = 30) -> str:

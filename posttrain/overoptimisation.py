@@ -14,7 +14,6 @@ ordinary least squares. Best-of-n has an analytic KL, `bon_kl(n)`; an RL run mea
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -219,16 +218,6 @@ def plot_overoptimisation(curves: list[Curve], path, title: str = "Reward over-o
                                                    lambda k: np.sign(k) * np.sqrt(np.abs(k))))
         top.set_xlabel("KL [nats]")
     fig.suptitle(title)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # The temporary sibling is named as posttrain.outputs expects (.NAME.tmp-PID), so a killed run's leftover
-    # is cleaned up; open() (unlike mkstemp) gives the file the user's usual permissions.
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            fig.savefig(f, format="png", dpi=120)
-        os.replace(tmp, path)  # a crash mid-write leaves no half-written PNG
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    from posttrain.curves import save_png
+
+    return save_png(fig, path)

@@ -29,6 +29,8 @@ class Rollout:
     score: float = 0.0  # the reward the RL loss sees (after penalties and normalisation)
     proxy: float = 0.0  # the reward function's raw score
     gold: float | None = None  # the gold judge's score, when the prompt has a world meta (tracked, never trained on)
+    tool_calls: int = 0  # tool calls the engine ran for this response
+    correct: bool | None = None  # the first verifier's verdict (score 1), for stages that verify
     old_logps: list[float] = field(default_factory=list)
     ref_logps: list[float] = field(default_factory=list)
     old_values: list[float] = field(default_factory=list)

@@ -59,6 +59,9 @@ FAST = {
            "--set train.batch_size=2 --set data.max_length=64 --set data.eval_fraction=0.25",
     "ppo": "--no-progress --set model.device=cpu --set model.dtype=fp32 --set train.max_steps=1 "
            "--set rollout.prompts_per_step=2 --set rollout.max_new_tokens=4 --set track.every=0 --set train.batch_size=2",
+    "grpo": "--no-progress --set model.device=cpu --set model.dtype=fp32 --set train.max_steps=1 "
+            "--set rollout.prompts_per_step=2 --set rollout.group_size=2 --set rollout.max_new_tokens=4 "
+            "--set track.every=0 --set train.batch_size=4",
     "pretrain": "--no-progress --set model.device=cpu --set model.dtype=fp32 --set train.max_steps=2 "
                 "--set train.batch_size=2 --set data.seq_len=32 --set arch.hidden_size=32 --set arch.num_layers=1 "
                 "--set arch.intermediate_size=64 --set arch.num_heads=2 --set arch.num_kv_heads=2",
@@ -71,6 +74,7 @@ PAIR = {"prompt": [{"role": "user", "content": "What is the capital of France?"}
         "rejected": [{"role": "assistant", "content": "I don't know."}]}
 PROMPT = {"prompt": [{"role": "user", "content": "What is the capital of France?"}],
           "meta": {"task": "fact", "answer": "Paris", "aliases": []}}
+RLVR = {"prompt": [{"role": "user", "content": "What is 2 + 3?"}], "answer": "5", "verifier": "numeric"}
 BIG_PROMPT = "The capital of France is Paris. " * 32_000  # 1 MB; the tiny model has 512 positions
 SFT_RECIPE = """name: r
 stages:
@@ -480,6 +484,21 @@ CASES = [
           ("prompt-ends-with-assistant", {"prompt": [{"role": "assistant", "content": "Hi"}]},
            "$tmp/q.jsonl, line 2: field 'prompt' ends with an assistant turn"),
           ("meta-a-list", {**PROMPT, "meta": [1]}, "$tmp/q.jsonl, line 2: field 'meta' must be an object"),
+      ]],
+    Case("grpo-trains", "grpo --model $model --data $tmp/q.jsonl --out $tmp/out", 0, (),
+         (jsonl("q.jsonl", *[RLVR] * 6),), writes=("out",)),
+    Case("grpo-with-tools", "grpo --model $model --data $tmp/q.jsonl --out $tmp/out --set tools.names=[calculator]", 0,
+         (), (jsonl("q.jsonl", *[RLVR] * 6),), writes=("out",)),
+    *[Case(f"grpo-{case}", "grpo --model $model --data $tmp/q.jsonl --out $tmp/out" + extra, 2, says,
+           (jsonl("q.jsonl", RLVR, row),)) for case, row, extra, says in [
+          ("no-verifier", PROMPT, "", ("$tmp/q.jsonl, line 2: the row names no verifier", "reward.verifiers")),
+          ("verifier-a-number", {**RLVR, "verifier": 3}, "", "$tmp/q.jsonl, line 2: field 'verifier' must be a name"),
+          ("unknown-verifier", {**RLVR, "verifier": "nope"}, "", "unknown verifier 'nope'"),
+          ("verifier-module-missing", {**RLVR, "verifier": "no_such_module:f"}, "", "cannot import module 'no_such_module'"),
+          ("tools-a-string", {**RLVR, "tools": "calculator"}, "", "$tmp/q.jsonl, line 2: field 'tools' must be"),
+          ("unknown-tool", {**RLVR, "tools": ["abacus"]}, "", "unknown tool 'abacus'"),
+          ("unknown-tool-option", RLVR, " --set tools.names=[abacus]", "unknown tool 'abacus'"),
+          ("bad-loss-type", RLVR, " --set rl.loss_type=ppo", "rl.loss_type"),
       ]],
     Case("bon-n-zero", f"bon $model --prompts $tmp/q.jsonl --reward gold --n 0,2 --out $tmp/out {MODEL_OPTS}", 2, "--n",
          (jsonl("q.jsonl", PROMPT),)),

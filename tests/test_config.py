@@ -247,7 +247,7 @@ def test_config_show_resolves_overrides_as_yaml(capsys):
 
 def test_config_show_errors(capsys):
     assert main(["config", "show", "ppx"]) == 2
-    assert "unknown stage 'ppx'; stages: pretrain, sft, reward, dpo, ppo." in capsys.readouterr().err
+    assert "unknown stage 'ppx'; stages: pretrain, sft, reward, dpo, ppo, grpo." in capsys.readouterr().err
     assert main(["config", "show", "sft", "--set", "train.lrr=1"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("posttrain config: error: unknown key 'train.lrr'. Did you mean 'train.lr'?")

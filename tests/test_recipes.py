@@ -229,7 +229,7 @@ def recipe_with(tmp_path, stages, **extra):
 def test_unknown_stage_kind(tmp_path):
     path = recipe_with(tmp_path, [{"name": "w", "stage": "world"}, {"name": "x", "stage": "ppx"}])
     with pytest.raises(ConfigError, match=r"stage 2: unknown stage 'ppx'; choose one of world, tokenizer, pretrain, sft, "
-                                          r"reward, dpo, ppo, eval, preferences, bon"):
+                                          r"reward, dpo, ppo, grpo, eval, preferences, bon"):
         load_recipe(path)
 
 

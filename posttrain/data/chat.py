@@ -65,10 +65,16 @@ def ensure_chat_template(tokenizer, choice: str = "auto") -> str:
     return str(path)
 
 
-def _render(tokenizer, messages, add_generation_prompt: bool) -> str:
+def _render(tokenizer, messages, add_generation_prompt: bool, tools: list[dict] | None = None) -> str:
     if not getattr(tokenizer, "chat_template", None):
         raise PosttrainError(f"the tokenizer has no chat template. {HOW_TO_ADD_TEMPLATE}")
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    extra = {"tools": tools} if tools else {}
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt, **extra)
+
+
+def render_messages(tokenizer, messages: list[dict], add_generation_prompt: bool, tools: list[dict] | None = None) -> str:
+    """The chat template's text of `messages`; `tools` (function schemas) go to templates that render them."""
+    return _render(tokenizer, messages, add_generation_prompt, tools)
 
 
 def end_of_turn_token_ids(tokenizer) -> tuple[int, ...]:
@@ -96,9 +102,9 @@ def stop_generation_at_end_of_turn(model, tokenizer) -> None:
     gc.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
-def render_generation_prompt(tokenizer, messages: list[dict]) -> str:
+def render_generation_prompt(tokenizer, messages: list[dict], tools: list[dict] | None = None) -> str:
     """The text a model continues to write the next assistant turn."""
-    return _render(tokenizer, messages, add_generation_prompt=True)
+    return _render(tokenizer, messages, add_generation_prompt=True, tools=tools)
 
 
 def render_chat(tokenizer, messages: list[dict]) -> str:

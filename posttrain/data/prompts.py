@@ -20,6 +20,7 @@ class PromptRow:
     messages: list[dict]  # the conversation so far; the model writes the next assistant turn
     meta: dict = field(default_factory=dict)  # the row's `meta` (the gold judge needs it), else {}
     line: int = 0  # 1-based row number in its file, for errors
+    fields: dict = field(default_factory=dict)  # the row's other top-level fields (answer, verifier, tools, ...)
 
 
 def as_messages(prompt) -> list[dict]:
@@ -39,5 +40,6 @@ def read_prompts(path: str | Path, limit: int | None = None) -> list[PromptRow]:
         if messages[-1]["role"] == "assistant":
             raise DataError(path, r.line, "prompt", "ends with an assistant turn, so there is nothing to answer.",
                             "End each prompt with a user (or system) message.")
-        out.append(PromptRow(messages, meta, r.line))
+        fields = {k: v for k, v in r.data.items() if k not in ("prompt", "meta", "chosen", "rejected")}
+        out.append(PromptRow(messages, meta, r.line, fields))
     return out

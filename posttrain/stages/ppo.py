@@ -254,7 +254,7 @@ All options: docs/options.md (section ppo)."""
     # ------------------------------------------------------------ one iteration's maths
 
     @torch.no_grad()
-    def score(self, loop: RLLoop, rollouts: list[Rollout]) -> None:
+    def score(self, loop: RLLoop, rollouts: list[Rollout], **_) -> None:
         """Raw proxy scores (and gold), then the trained score: normalised, minus the missing-EOS penalty."""
         o = loop.cfg.reward
         proxy = torch.tensor(loop.reward([r.prompt.messages for r in rollouts], [r.text for r in rollouts],

@@ -11,12 +11,13 @@ from __future__ import annotations
 def training_stages() -> dict:
     """name -> Stage, in command order."""
     from posttrain.stages.dpo import STAGE as dpo
+    from posttrain.stages.grpo import STAGE as grpo
     from posttrain.stages.ppo import STAGE as ppo
     from posttrain.stages.pretrain import STAGE as pretrain
     from posttrain.stages.reward import STAGE as reward
     from posttrain.stages.sft import STAGE as sft
 
-    return {s.name: s for s in sorted((pretrain, sft, reward, dpo, ppo), key=lambda s: s.order)}
+    return {s.name: s for s in sorted((pretrain, sft, reward, dpo, ppo, grpo), key=lambda s: s.order)}
 
 
 def stage_configs() -> dict[str, type]:

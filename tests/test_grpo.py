@@ -1,0 +1,169 @@
+"""GRPO: the stage end to end on a tiny model, its signals, verifier failures, dynamic sampling, tool rollouts."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from posttrain.cli import main
+from posttrain.data.prompts import PromptRow
+from posttrain.engine import Engine, SamplingParams
+from posttrain.losses_grpo import grpo_loss
+from posttrain.models import load_model_and_tokenizer
+from posttrain.rollouts import Rollout
+from posttrain.stages.grpo import GRPOObjective, GRPOOptions, pass_at_k
+from posttrain.stages.rl_loop import ActorCritic
+from posttrain.tools import CALCULATOR, ToolRunner, format_tool_call
+from tests.test_tools import ScriptedLlama
+
+VERIFIERS = '''
+from posttrain.grading.verifiers import VerifierResult
+
+def parity(response, spec):
+    """Reward 1 for an even-length response, except rows whose answer is "flat" (always 1)."""
+    if spec["answer"] == "flat":
+        return VerifierResult(1.0, None, "flat")
+    return VerifierResult(float(len(response) % 2 == 0), None, "parity")
+
+def fragile(response, spec):
+    if spec["answer"] == "boom":
+        raise RuntimeError("this verifier breaks on some rows")
+    return VerifierResult(0.5, None, "ok")
+'''
+
+
+@pytest.fixture()
+def rlvr_dir(tmp_path, monkeypatch):
+    (tmp_path / "my_verifiers.py").write_text(VERIFIERS)
+    monkeypatch.chdir(tmp_path)
+    rows = []
+    for i in range(24):
+        a, b = 10 + i, 3 + i % 5
+        answer = "flat" if i % 2 else str(a + b)
+        rows.append({"prompt": [{"role": "user", "content": f"What is {a} + {b}?"}], "answer": answer,
+                     "verifier": ["numeric", "my_verifiers:parity"],
+                     "meta": {"task": "arithmetic", "answer": str(a + b)}})
+    rows[3]["answer"] = "boom"
+    (tmp_path / "rlvr.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return tmp_path
+
+
+def _grpo_args(model, data, out, *extra):
+    sets = {"train.max_steps": 2, "rollout.prompts_per_step": 4, "rollout.group_size": 4, "rollout.max_new_tokens": 8,
+            "track.every": 1, "track.prompts": 4, "train.batch_size": 8, "model.dtype": "fp32",
+            "data.eval_fraction": 0.2, "train.lr": 1e-3}
+    args = ["grpo", "--model", str(model), "--data", str(data), "--out", str(out), "--no-progress"]
+    for k, v in sets.items():
+        args += ["--set", f"{k}={v}"]
+    return args + list(extra)
+
+
+def _lines(out):
+    return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_grpo_runs_logs_every_signal_and_writes_a_loadable_policy(tiny_llama_dir, rlvr_dir):
+    out = rlvr_dir / "grpo"
+    assert main(_grpo_args(tiny_llama_dir, rlvr_dir / "rlvr.jsonl", out, "--set", "rl.beta=0.1",
+                           "--set", "rl.iterations=2", "--set", "rl.epsilon_high=0.28")) == 0
+    train = [m for m in _lines(out) if "reward" in m]
+    assert [m["step"] for m in train] == [1, 2]
+    for key in ("reward", "reward_numeric", "reward_my_verifiers:parity", "pass@1", "pass@4", "entropy", "kl",
+                "response_length", "clip_low_fraction", "clip_high_fraction", "zero_variance_share", "tool_calls",
+                "verifier_errors", "time_generate", "time_reward", "time_update"):
+        assert key in train[-1], key
+    # Half the rows are "flat" (parity always 1, numeric 0: every sample equal) so at least their groups carry no signal.
+    assert all(m["zero_variance_share"] >= 0.25 for m in train)
+    assert all(math.isfinite(m["loss"]) and m["kl"] >= 0 for m in train)
+    tracked = [m for m in _lines(out) if "track_accuracy" in m]
+    assert len(tracked) == 2 and all(0 <= m["track_accuracy"] <= 1 for m in tracked)
+    assert (out / "training_curves.png").stat().st_size > 10_000
+    prov = json.loads((out / "provenance.json").read_text())
+    assert prov["stage"] == "grpo" and "pass@1_last" in prov["metrics"]
+    model, _ = load_model_and_tokenizer(out)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_a_verifier_that_raises_scores_zero_and_the_run_goes_on(tiny_llama_dir, rlvr_dir):
+    out = rlvr_dir / "grpo"
+    assert main(_grpo_args(tiny_llama_dir, rlvr_dir / "rlvr.jsonl", out, "--set",
+                           "reward.verifiers=[my_verifiers:fragile]", "--set", "train.max_steps=6",
+                           "--set", "rollout.prompts_per_step=8")) == 0
+    train = [m for m in _lines(out) if "reward" in m]
+    assert sum(m["verifier_errors"] for m in train) > 0  # the "boom" row was drawn and failed, counted
+    assert all(m["reward"] <= 0.5 for m in train) and any(m["reward"] < 0.5 for m in train)
+
+
+def test_an_unknown_verifier_stops_before_training_naming_the_line(tiny_llama_dir, rlvr_dir, capsys):
+    rows = (rlvr_dir / "rlvr.jsonl").read_text().splitlines()
+    bad = json.loads(rows[4])
+    bad["verifier"] = "nonesuch"
+    rows[4] = json.dumps(bad)
+    (rlvr_dir / "bad.jsonl").write_text("\n".join(rows) + "\n")
+    assert main(_grpo_args(tiny_llama_dir, rlvr_dir / "bad.jsonl", rlvr_dir / "out")) != 0
+    err = capsys.readouterr().err
+    assert "unknown verifier 'nonesuch'" in err and "Traceback" not in err
+    assert not (rlvr_dir / "out" / "model.safetensors").exists()
+
+
+def test_dynamic_sampling_drops_the_groups_without_signal(tiny_llama_dir, rlvr_dir):
+    out = rlvr_dir / "grpo"
+    assert main(_grpo_args(tiny_llama_dir, rlvr_dir / "rlvr.jsonl", out, "--set", "rl.dynamic_sampling=drop",
+                           "--set", "reward.verifiers=[my_verifiers:parity]", "--set", "track.every=0")) == 0
+    train = [m for m in _lines(out) if "reward" in m]
+    for m in train:
+        flat_groups = round(m["zero_variance_share"] * 4)
+        assert flat_groups >= 1 and m["groups_kept"] == 4 - flat_groups
+
+
+def test_resampling_refills_the_batch_with_informative_groups(tiny_llama_dir, rlvr_dir):
+    out = rlvr_dir / "grpo"
+    assert main(_grpo_args(tiny_llama_dir, rlvr_dir / "rlvr.jsonl", out, "--set", "rl.dynamic_sampling=resample",
+                           "--set", "reward.verifiers=[my_verifiers:parity]", "--set", "track.every=0",
+                           "--set", "rl.resample_rounds=6")) == 0
+    train = [m for m in _lines(out) if "reward" in m]
+    assert all(m["groups_kept"] == 4 for m in train)  # refilled to prompts_per_step informative groups
+    assert all(m["time_generate_more"] > 0 for m in train)
+
+
+def test_pass_at_k_is_the_unbiased_estimator():
+    assert pass_at_k(4, 0, 1) == 0.0 and pass_at_k(4, 4, 2) == 1.0
+    assert pass_at_k(4, 1, 1) == pytest.approx(0.25)
+    assert pass_at_k(5, 2, 2) == pytest.approx(1 - math.comb(3, 2) / math.comb(5, 2))
+
+
+def test_tool_results_in_a_rollout_carry_no_loss_and_no_gradient(tiny_llama_dir):
+    """A rollout with a calculator call: the objective reads exactly the log-probs of the tokens the model
+    sampled, in order, and the injected tool message is not among its targets."""
+    model, tok = load_model_and_tokenizer(tiny_llama_dir)
+    model.__class__ = ScriptedLlama
+    end = tok.convert_tokens_to_ids("<|im_end|>")
+    ids = lambda text: tok(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    model.plan = ids(format_tool_call("calculator", {"expression": "17 * 3"})) + [end] + ids("It is 51.") + [end]
+    conversation = [{"role": "user", "content": "What is 17 * 3?"}]
+    [c] = Engine(model, tok, dtype="fp32", tools=ToolRunner([CALCULATOR], tok)).chat(
+        [conversation], SamplingParams(max_new_tokens=len(model.plan)))
+    assert 0 in c.mask and c.text == "It is 51."
+    model.__class__ = type(model).__mro__[1]  # the plain model again: its own log-probs are trained
+
+    rollout = Rollout(PromptRow(conversation), c.prompt_ids, c.token_ids, c.mask, c.text, True)
+    rollout.advantages = [1.0] * rollout.trained_tokens
+    objective = GRPOObjective(tok.pad_token_id, GRPOOptions(loss_type="grpo"), 1.0, 64, ())
+    batch = objective.collate([rollout])
+    loss, _ = objective.loss(ActorCritic(model), batch)
+    loss.backward()
+    grad = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    # Reference: one plain forward over prompt + response; log-probs of the sampled (mask 1) tokens only.
+    model.zero_grad()
+    seq = torch.tensor([c.prompt_ids + c.token_ids])
+    logits = model(input_ids=seq).logits[0, :-1].float()
+    logps = torch.log_softmax(logits, -1).gather(-1, seq[0, 1:, None]).squeeze(-1)[len(c.prompt_ids) - 1:]
+    sampled = logps[torch.tensor(c.mask, dtype=torch.bool)][None]
+    assert sampled.shape[1] == rollout.trained_tokens < len(c.token_ids)
+    ref, _ = grpo_loss(sampled, sampled.detach(), torch.tensor([1.0]), torch.ones_like(sampled), loss_type="grpo")
+    ref.backward()
+    torch.testing.assert_close(loss.detach(), ref.detach(), atol=1e-5, rtol=1e-4)
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(grad[n], p.grad, atol=1e-5, rtol=1e-4)
