@@ -1,8 +1,8 @@
 """Held out means held out: no probe text in any stream a model trains on, no facts B after pretraining.
 
 Streams: the pretraining corpus, the replay set, the replay stream as SFT actually samples it
-(decoded back to text), SFT chats, the SFT eval split, preference pairs (the reward model's too), the
-RL prompts and RLVR prompts.
+(decoded back to text), SFT chats (tool calls and results included), the SFT eval split, preference
+pairs (the reward model's too), the RL prompts and the RLVR prompts, with and without tools.
 """
 
 import json
@@ -14,11 +14,15 @@ import pytest
 from posttrain.grading.phrases import mentions
 from posttrain.world.build import build_world
 from posttrain.world.facts import all_facts
-from posttrain.world.probes import PROBE_NAMES
+from posttrain.world.arithmetic import Problem, is_probe_problem
+from posttrain.world.probes import PROBE_NAMES, THINK_PROBE
 
 SEED = 0  # the demo's seed
 REPO = Path(__file__).resolve().parents[1]
-POST_TRAINING = ("sft.jsonl", "sft_eval.jsonl", "preferences.jsonl", "rm_pairs.jsonl", "prompts.jsonl", "rlvr.jsonl")
+POST_TRAINING = ("sft.jsonl", "sft_eval.jsonl", "preferences.jsonl", "rm_pairs.jsonl", "prompts.jsonl", "rlvr.jsonl",
+                 "rlvr_tools.jsonl")
+LARGE_PROBES = ("large_arithmetic", "tool_arithmetic")
+PROBLEM = re.compile(r"(?<![\w.])(\d+) ([-+*]) (\d+)(?![\w.])")
 
 
 def read_jsonl(path):
@@ -86,6 +90,30 @@ def test_no_probe_text_in_any_training_stream(world, streams):
         blob = "\n".join(docs)
         hits = [(name, t) for name, t in texts if t in blob and occurs(t, blob)]
         assert not hits, f"{len(hits)} probe texts occur in {stream}, e.g. {hits[:3]}"
+
+
+def test_no_think_probe_instruction_in_any_training_stream(streams):
+    assert len(THINK_PROBE) >= 2
+    for stream, docs in streams.items():
+        blob = "\n".join(docs)
+        assert not [t for t in THINK_PROBE if t in blob], stream
+
+
+def test_no_large_probe_problem_or_answer_in_any_training_stream(world, streams):
+    """Every large problem written anywhere in training text is from the training partition (small
+    ones are not scanned: worked steps hold digit sums such as "4 + 6"), and no large probe's answer
+    (6+ digits, so a match is no coincidence of small numbers) is written anywhere."""
+    rows = [r for name in LARGE_PROBES for r in read_jsonl(world / "probes" / f"{name}.jsonl")]
+    answers = {r["meta"]["answer"] for r in rows if len(r["meta"]["answer"]) >= 6}
+    assert len(answers) > 150
+    for stream, docs in streams.items():
+        blob = "\n".join(docs)
+        problems = {Problem(int(a), op, int(b)) for a, op, b in PROBLEM.findall(blob) if int(a) >= 1000}
+        assert not [p for p in problems if is_probe_problem(p)][:3], stream
+        numbers = set(re.findall(r"\d+", blob))
+        assert not sorted(answers & numbers)[:3], stream
+    tool_sft = [r for r in read_jsonl(world / "sft.jsonl") if r["meta"]["kind"] == "tool_arithmetic"]
+    assert len({p for r in tool_sft for p in PROBLEM.findall(row_text(r))}) > 250  # the scan sees large problems
 
 
 def test_the_scan_would_catch_a_leak(world, streams):

@@ -10,17 +10,22 @@ import pytest
 
 from posttrain.grading.judge import judge
 from posttrain.grading.phrases import mentions
-from posttrain.world.arithmetic import ASK_PROBE, ASK_TRAIN, Problem, is_probe_problem, worked_steps
+from posttrain.grading.verifiers import VERIFIERS
+from posttrain.tools import CALCULATOR, calculate, find_tool_call, parse_tool_call, tool_system_prompt
+from posttrain.world.arithmetic import (
+    ASK_PROBE, ASK_TRAIN, Problem, is_probe_problem, sample_large_problem, sample_problem, think_solution, worked_steps,
+)
 from posttrain.world.build import build_world
-from posttrain.world.chats import SYSTEM_RULES_TRAIN, USER_RULES_TRAIN, constrained_reply
+from posttrain.world.chats import SYSTEM_RULES_TRAIN, THINK_TRAIN, USER_RULES_TRAIN, constrained_reply
 from posttrain.world.corpus import count_fact_mentions
 from posttrain.world.facts import all_facts, split_facts
 from posttrain.world.hazards import HAZARD_PROBE, HAZARD_TRAIN, LOOK_ALIKES
-from posttrain.world.probes import PROBE_NAMES, SYSTEM_RULES_PROBE, USER_RULES_PROBE, build_probe_sets
+from posttrain.world.probes import PROBE_NAMES, SYSTEM_RULES_PROBE, THINK_PROBE, USER_RULES_PROBE, build_probe_sets
 from posttrain.world.templates import PARAPHRASES, PUSHBACK_PROBE, PUSHBACK_TRAIN, TEMPLATES, cloze_prompts
 
 SEED = 7
-POST_TRAINING = ("sft.jsonl", "sft_eval.jsonl", "preferences.jsonl", "rlvr.jsonl")
+POST_TRAINING = ("sft.jsonl", "sft_eval.jsonl", "preferences.jsonl", "rlvr.jsonl", "rlvr_tools.jsonl")
+ARITHMETIC_PROBES = ("arithmetic", "large_arithmetic", "tool_arithmetic", "reasoning")
 PROBLEM = re.compile(r"(\d+) ([-+*]) (\d+)")
 
 
@@ -73,6 +78,7 @@ def test_phrasing_sets_are_disjoint():
         assert all(s.endswith(" {answer}.") for s in t.cloze) and set(t.cloze) <= set(t.declarative)
     assert not set(PUSHBACK_PROBE) & set(PUSHBACK_TRAIN)
     assert not set(ASK_PROBE) & set(ASK_TRAIN) and not set(HAZARD_PROBE) & set(HAZARD_TRAIN)
+    assert not set(THINK_PROBE) & set(THINK_TRAIN)
     assert not {t for t, _ in SYSTEM_RULES_PROBE} & {t for t, _ in SYSTEM_RULES_TRAIN}
     for kind, probe in USER_RULES_PROBE.items():
         assert not set(probe) & set(USER_RULES_TRAIN[kind])
@@ -90,7 +96,8 @@ def test_same_seed_is_byte_identical_and_seeds_differ(tmp_path):
         assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes()
     assert (tmp_path / "a" / "manifest.json").read_bytes() == (tmp_path / "b" / "manifest.json").read_bytes()
     m3 = build_world(4, tmp_path / "c", scale=0.1, probe_n=20)
-    for rel in ("corpus.jsonl", "facts.jsonl", "sft.jsonl", "preferences.jsonl", "rlvr.jsonl", "probes/harmful.jsonl"):
+    for rel in ("corpus.jsonl", "facts.jsonl", "sft.jsonl", "preferences.jsonl", "rlvr.jsonl", "rlvr_tools.jsonl",
+                "probes/harmful.jsonl"):
         assert m3["files"][rel]["sha256"] != m1["files"][rel]["sha256"], rel
 
 
@@ -98,11 +105,14 @@ def test_build_is_fast_and_complete(world):
     out, manifest, seconds = world
     assert seconds < 20
     expected = {"corpus.jsonl", "facts.jsonl", "sft.jsonl", "sft_eval.jsonl", "preferences.jsonl", "rlvr.jsonl",
-                "policy/hazard_policy.md", "policy/constitution.md"} | {f"probes/{n}.jsonl" for n in PROBE_NAMES}
+                "rlvr_tools.jsonl", "policy/hazard_policy.md", "policy/constitution.md"} | {
+        f"probes/{n}.jsonl" for n in PROBE_NAMES}
+    assert {"large_arithmetic", "tool_arithmetic", "reasoning"} <= set(PROBE_NAMES)
     assert expected <= set(manifest["files"])
     rows = {rel: e["rows"] for rel, e in manifest["files"].items()}
     assert 3000 <= rows["sft.jsonl"] <= 5000 and 150 <= rows["sft_eval.jsonl"] <= 250
     assert 1800 <= rows["preferences.jsonl"] <= 2500 and rows["rlvr.jsonl"] == 2000
+    assert rows["rlvr_tools.jsonl"] == 1000
     safety = {"harmful": 75, "over_refusal": 49}  # one row per distinct request
     assert all(rows[f"probes/{n}.jsonl"] == safety.get(n, 150) for n in PROBE_NAMES)
     assert rows["replay.jsonl"] < rows["corpus.jsonl"]
@@ -117,7 +127,7 @@ def test_cards_and_manifest_match_files(world):
         if rel.endswith(".jsonl"):
             assert len(data.decode().splitlines()) == entry["rows"], rel
     cards = sorted((out / "cards").glob("*.json"))
-    assert len(cards) == len(PROBE_NAMES) + 11
+    assert len(cards) == len(PROBE_NAMES) + 12
     for path in cards:
         card = json.loads(path.read_text())
         assert card["sha256"] == manifest["files"][card["file"]]["sha256"]
@@ -211,14 +221,18 @@ def test_arithmetic_probe_is_held_out(world, corpus):
     assert len(train) > 2000 and not any(is_probe_problem(p) for p in train)
     sheets = {p for doc in corpus for line in doc.splitlines() if line.startswith("Problem ") for p in _problems(line)}
     assert len(sheets) > 2000 and not any(is_probe_problem(p) for p in sheets)
-    for row in read_jsonl(out / "rlvr.jsonl"):
+    for row in read_jsonl(out / "rlvr.jsonl") + read_jsonl(out / "rlvr_tools.jsonl"):
         (p,) = _problems(row["prompt"][0]["content"])
-        assert row["verifier"] == "number" and row["answer"] == row["meta"]["answer"] == str(p.answer)
-    probes = read_jsonl(out / "probes" / "arithmetic.jsonl")
-    for row in probes:
-        (p,) = _problems(row["messages"][0]["content"])
-        assert is_probe_problem(p) and p not in train and str(p.answer) == row["meta"]["answer"]
-    assert len({r["messages"][0]["content"] for r in probes}) == len(probes)
+        assert row["answer"] == row["meta"]["answer"] == str(p.answer)
+        verifiers = row["verifier"] if isinstance(row["verifier"], list) else [row["verifier"]]
+        assert "numeric" in verifiers and set(verifiers) <= set(VERIFIERS)
+    for name in ARITHMETIC_PROBES:
+        probes = read_jsonl(out / "probes" / f"{name}.jsonl")
+        for row in probes:
+            (p,) = _problems(row["messages"][0]["content"])
+            assert is_probe_problem(p) and p not in train and str(p.answer) == row["meta"]["answer"], (name, p)
+            assert row["meta"]["question"] == p.text
+        assert len({r["meta"]["question"] for r in probes}) == len(probes) == 150, name
 
 
 def test_probe_sets_in_process_match_files(world):
@@ -288,3 +302,101 @@ def test_rl_prompts_carry_their_task_meta_and_end_with_a_user_turn(world):
     assert len(rows) == 1100
     assert {r["meta"]["task"] for r in rows} == {"fact", "arithmetic", "harmful", "benign", "ifeval"}
     assert all(r["prompt"][-1]["role"] == "user" and "chosen" not in r for r in rows)
+
+
+# ---- tool use and reasoning
+
+
+def test_large_problems_respect_the_partition_and_are_large():
+    import random
+
+    rng = random.Random(0)
+    train = [sample_large_problem(rng, "train") for _ in range(2000)]
+    probe = [sample_large_problem(rng, "probe") for _ in range(500)]
+    assert not any(map(is_probe_problem, train)) and all(map(is_probe_problem, probe))
+    assert {p.op for p in train} == {"+", "-", "*"}
+    for p in train + probe:
+        a, b = len(str(p.a)), len(str(p.b))
+        assert (4 <= a <= 6 and 3 <= b <= 4) if p.op == "*" else (5 <= a <= 7 and 5 <= b <= 7), p
+        assert p.answer >= 0 and calculate(p.text) == p.answer
+    small = {sample_problem(rng, split) for split in ("train", "probe") for _ in range(2000)}
+    assert all(p.a < 1000 for p in small)  # no large problem is also a small one
+
+
+def test_large_probe_sets_hold_distinct_problems_and_name_the_calculator(world):
+    out = world[0]
+    large = {r["meta"]["question"] for r in read_jsonl(out / "probes" / "large_arithmetic.jsonl")}
+    tool_rows = read_jsonl(out / "probes" / "tool_arithmetic.jsonl")
+    tool = {r["meta"]["question"] for r in tool_rows}
+    assert len(large) == len(tool) == 150 and not large & tool
+    assert all(r["meta"]["tools"] == ["calculator"] and [m["role"] for m in r["messages"]] == ["user"]
+               for r in tool_rows)
+    for row in read_jsonl(out / "probes" / "reasoning.jsonl"):
+        text = row["messages"][0]["content"]
+        assert row["meta"]["format"] == "think" and any(text.endswith(" " + t) for t in THINK_PROBE), text
+
+
+def test_tool_arithmetic_sft_rows_call_the_calculator(world):
+    out = world[0]
+    rows = [r for name in ("sft.jsonl", "sft_eval.jsonl") for r in read_jsonl(out / name)
+            if r["meta"]["kind"] == "tool_arithmetic"]
+    assert len(rows) == 300
+    note = tool_system_prompt([CALCULATOR])
+    for r in rows:
+        m = r["messages"]
+        assert [x["role"] for x in m] == ["system", "user", "assistant", "tool", "assistant"]
+        assert m[0]["content"] == note
+        (p,) = _problems(m[1]["content"])
+        assert not is_probe_problem(p) and p.a >= 1000
+        name, arguments = parse_tool_call(find_tool_call(m[2]["content"]))
+        assert (name, arguments) == ("calculator", {"expression": p.text})
+        call = f'{{"name": "calculator", "arguments": {{"expression": "{p.text}"}}}}'
+        assert m[2]["content"] == f"<tool_call>{call}</tool_call>"
+        assert m[3]["content"] == str(p.answer) == r["meta"]["answer"] == CALCULATOR.run(arguments)
+        assert m[4]["content"] == f"The answer is {p.answer}."
+
+
+def test_tool_direct_rows_announce_the_calculator_and_answer_without_a_call(world):
+    rows = [r for name in ("sft.jsonl", "sft_eval.jsonl") for r in read_jsonl(world[0] / name)
+            if r["meta"]["kind"] == "tool_direct"]
+    assert len(rows) == 100
+    note = tool_system_prompt([CALCULATOR])
+    for r in rows:
+        system, *rest = r["messages"]
+        assert system["role"] == "system" and (system["content"] == note or system["content"].endswith("\n\n" + note))
+        assert [m["role"] for m in rest] == ["user", "assistant"] and "<tool_call>" not in rest[1]["content"]
+        assert r["meta"]["task"] == "fact" and judge(r["meta"], rest[1]["content"]).correct
+
+
+def test_think_rows_pass_both_verifiers_and_the_judge(world):
+    out = world[0]
+    rows = [r for name in ("sft.jsonl", "sft_eval.jsonl") for r in read_jsonl(out / name)
+            if r["meta"]["kind"] == "think"]
+    assert len(rows) == 200
+    for r in rows:
+        question, reply = r["messages"][0]["content"], r["messages"][-1]["content"]
+        assert any(question.endswith(" " + t) for t in THINK_TRAIN), question
+        spec = {"answer": r["meta"]["answer"]}
+        assert VERIFIERS["think_answer"](reply, spec).score == 1.0 and VERIFIERS["numeric"](reply, spec).score == 1.0
+        assert judge(r["meta"], reply).correct  # the judge's last number is the one inside <answer>
+    wrong = think_solution(Problem(47, "+", 38)).replace("<answer>85<", "<answer>84<")
+    assert not judge({"task": "arithmetic", "answer": "85"}, wrong).correct
+
+
+def test_rlvr_rows_ask_for_the_think_format_half_the_time(world):
+    rows = read_jsonl(world[0] / "rlvr.jsonl")
+    assert sum(r["meta"].get("format") == "think" for r in rows) == len(rows) // 2
+    for r in rows:
+        asks = any(r["prompt"][0]["content"].endswith(" " + t) for t in THINK_TRAIN)
+        assert asks == (r["meta"].get("format") == "think")
+        assert r["verifier"] == (["numeric", "think_answer"] if asks else "numeric")
+
+
+def test_rlvr_tools_rows_are_large_train_problems_with_the_calculator(world):
+    rows = read_jsonl(world[0] / "rlvr_tools.jsonl")
+    for r in rows:
+        assert r["tools"] == ["calculator"] and r["verifier"] == "numeric" and r["meta"]["kind"] == "tool_arithmetic"
+        assert [m["role"] for m in r["prompt"]] == ["user"]  # the runtime announces the tools
+        (p,) = _problems(r["prompt"][0]["content"])
+        assert not is_probe_problem(p) and p.a >= 1000 and r["answer"] == r["meta"]["answer"] == str(p.answer)
+    assert len({r["prompt"][0]["content"] for r in rows}) > 990

@@ -9,7 +9,8 @@ DESCRIPTION = """Generate the built-in world (deterministic for a seed: the same
 
 Writes corpus.jsonl (pretraining documents), facts.jsonl (facts with their A/B split),
 sft.jsonl / sft_eval.jsonl (chats), preferences.jsonl (pairs labelled by the gold judge),
-rlvr.jsonl (prompts with checkable answers), probes/<name>.jsonl (held-out probe sets),
+rlvr.jsonl and rlvr_tools.jsonl (prompts with checkable answers, the latter with the
+calculator tool), probes/<name>.jsonl (held-out probe sets),
 policy/hazard_policy.md and policy/constitution.md, cards/<set>.json (data cards:
 rows, sha256, generator version, seed) and manifest.json."""
 

@@ -23,9 +23,17 @@ from posttrain.evals.probe import (
     result_from,
 )
 from posttrain.evals.stats import ece_bootstrap_interval
+from posttrain.grading.verifiers import format as think_format
 
 CHAT = {"max_new_tokens": 64}
 """Greedy decoding, up to 64 new tokens, stopping at end of turn: shared by the chat probes."""
+
+LONG = {"max_new_tokens": 128}
+"""Greedy, with room for worked steps in <think> or a tool call and the answer after its result
+(the built-in world's longest of either is under 80 tokens)."""
+
+TOOL_PROBE_TOOLS = ("calculator",)
+"""The tools the tool_arithmetic probe answers with (what its rows' meta["tools"] records)."""
 
 MIX_SETS = ("instruction_following", "knowledge_exposure", "arithmetic", "harmful", "over_refusal")
 """The probe sets whose prompts gold_reward and response_length average over."""
@@ -136,6 +144,44 @@ def cloze_score(rows, completions, ctx) -> ProbeResult:
     return proportion_result("accuracy", flags)
 
 
+def answer_part(text: str) -> str:
+    """The content of the reply's <answer></answer> when it has one, else the whole reply."""
+    inside = think_format.answer_text(text)
+    return text if inside is None else inside
+
+
+def reasoning_score(rows, completions, ctx) -> ProbeResult:
+    """Accuracy judged on the answer part (a number in the reasoning does not count), and the share
+    of replies in the think format (the think_answer verifier)."""
+    correct = [bool(ctx.judge(r["meta"], answer_part(c.text)).correct) for r, c in zip(rows, completions)]
+    formatted = [think_format.verify(c.text, {}).score == 1.0 for c in completions]
+    samples = [{"correct": ok, "format": f} for ok, f in zip(correct, formatted)]
+    return result_from(proportion("accuracy", correct), samples, [proportion("format", formatted)])
+
+
+def tool_generate(probe: Probe, engine, rows: list[dict]) -> list:
+    """Answer with the calculator available: an Engine over the same model and settings whose chat()
+    announces the tools and runs the model's calls. Not cached: no other probe asks with tools."""
+    from posttrain.engine import Engine
+    from posttrain.tools import ToolRunner, resolve_tools
+
+    base = getattr(engine, "engine", engine)  # the runner hands probes a CachingEngine around the Engine
+    runner = ToolRunner(resolve_tools(TOOL_PROBE_TOOLS), base.tokenizer)
+    with_tools = Engine(base.model, base.tokenizer, batch_size=base.batch_size, dtype=base.dtype,
+                        overlong_prompt=base.overlong_prompt, tools=runner)
+    return with_tools.chat([r["messages"] for r in rows], probe.sampling())
+
+
+def tool_arithmetic_score(rows, completions, ctx) -> ProbeResult:
+    """Accuracy of the final turn, the share of rows that called a tool at least once, and the whole
+    transcript (calls and results included) as each sample's response."""
+    correct = _judged(rows, completions, ctx)  # a Completion's text is its final turn
+    called = [len(c.turns) > 0 for c in completions]
+    samples = [{"correct": ok, "tool_calls": len(c.turns), "response": c.full_text}
+               for ok, c in zip(correct, completions)]
+    return result_from(proportion("accuracy", correct), samples, [proportion("tool_call_rate", called)])
+
+
 def load_mix(source, n: int | None) -> list[dict]:
     """The first n rows of each set in MIX_SETS, tagged with their set."""
     return [{**r, "set": name} for name in MIX_SETS for r in source.rows(name, n)]
@@ -200,6 +246,15 @@ BUILTIN = [
     Probe("response_length", "1", "mean response length in tokens over the same prompts as gold_reward "
           "(and the fraction cut off at the token limit)",
           "mean_tokens", response_length_score, params=CHAT, load=load_mix, higher_is_better=None),
+    Probe("large_arithmetic", "1", "accuracy on large arithmetic (4-6 x 3-4 digit products, 5-7 digit sums and "
+          "differences) with no tool: what the model does in its head, by the gold judge",
+          "accuracy", accuracy_score, probe_set="large_arithmetic", params=CHAT),
+    Probe("tool_arithmetic", "1", "accuracy of the final answer on other large arithmetic problems with the "
+          "calculator available (announced, calls run), by the gold judge; and the share of rows that call a tool",
+          "accuracy", tool_arithmetic_score, probe_set="tool_arithmetic", params=LONG, generate=tool_generate),
+    Probe("reasoning", "1", "accuracy on small arithmetic asked for in the <think>/<answer> format, judged on the "
+          "<answer> content (the whole reply when it has none); and the share of replies in that format",
+          "accuracy", reasoning_score, probe_set="reasoning", params=LONG),
 ]
 
 for _probe in BUILTIN:

@@ -1,9 +1,13 @@
 """Arithmetic problems with worked column steps, shared by the corpus, SFT, RLVR and probes.
 
+Two sizes: small problems (`sample_problem`, 2-3 digits) that a small model can learn to work out
+in columns, and large ones (`sample_large_problem`, up to 6 x 4 or 7 + 7 digits) that it cannot do
+in its head and should hand to the calculator tool.
+
 Held-out by construction: a fixed rule on the operands (`is_probe_problem`)
-reserves about a tenth of all problems for the arithmetic probe. Training data
+reserves about a tenth of all problems, of either size, for the probes. Training data
 (corpus, SFT, preferences, RLVR) never draws those, whatever the seed or scale,
-so the probe is leak-free even when built in-process without the world files.
+so the probes are leak-free even when built in-process without the world files.
 """
 
 from __future__ import annotations
@@ -48,6 +52,32 @@ def sample_problem(rng: random.Random, split: str = "train") -> Problem:
             p = Problem(max(a, b), "-", min(a, b))
         else:
             p = Problem(rng.randint(12, 199), "*", rng.randint(2, 9))
+        if is_probe_problem(p) == (split == "probe"):
+            return p
+
+
+def _number(rng: random.Random, min_digits: int, max_digits: int) -> int:
+    """A number of min_digits to max_digits digits, each length equally likely."""
+    k = rng.randint(min_digits, max_digits)
+    return rng.randint(10 ** (k - 1), 10 ** k - 1)
+
+
+def sample_large_problem(rng: random.Random, split: str = "train") -> Problem:
+    """A 4-6 digit by 3-4 digit multiplication, or a 5-7 digit addition or subtraction (no negatives):
+    too large to work out in the head of a small model, so the answer should come from the calculator.
+
+    The same held-out rule as `sample_problem`: split 'train' never returns a probe problem, split
+    'probe' only probe problems. Every operand a is at least 1000, so no large problem is also a small one.
+    """
+    while True:
+        r = rng.random()
+        if r < 0.5:
+            p = Problem(_number(rng, 4, 6), "*", _number(rng, 3, 4))
+        elif r < 0.75:
+            p = Problem(_number(rng, 5, 7), "+", _number(rng, 5, 7))
+        else:
+            a, b = _number(rng, 5, 7), _number(rng, 5, 7)
+            p = Problem(max(a, b), "-", min(a, b))
         if is_probe_problem(p) == (split == "probe"):
             return p
 
@@ -107,6 +137,12 @@ def worked_steps(p: Problem) -> list[str]:
 def worked_solution(p: Problem, final: str = "The answer is {answer}.") -> str:
     """Steps then the final line; `final` is formatted with the answer."""
     return "\n".join(worked_steps(p) + [final.format(answer=p.answer)])
+
+
+def think_solution(p: Problem) -> str:
+    """The steps inside <think></think>, then the bare answer inside <answer></answer> (the R1 format
+    that the think_answer verifier checks)."""
+    return "<think>\n" + "\n".join(worked_steps(p)) + "\n</think>\n<answer>" + str(p.answer) + "</answer>"
 
 
 # User phrasings. Probe phrasings are held out from all training data.

@@ -4,7 +4,8 @@ Layout of OUT:
   corpus.jsonl          {"text": doc}                      pretraining corpus
   replay.jsonl          {"text": doc}                      corpus documents that state no facts-B fact (SFT replay)
   facts.jsonl           fact fields + "split": "A" | "B"
-  sft.jsonl, sft_eval.jsonl, preferences.jsonl, rm_pairs.jsonl, prompts.jsonl, rlvr.jsonl  post-training sets
+  sft.jsonl, sft_eval.jsonl, preferences.jsonl, rm_pairs.jsonl, prompts.jsonl, rlvr.jsonl,
+  rlvr_tools.jsonl      post-training sets
   probes/<name>.jsonl   held-out probe sets
   policy/hazard_policy.md, policy/constitution.md
   cards/<set>.json      data card per set (rows, sha256, version, seed, scale, description)
@@ -21,14 +22,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from posttrain.config import opt
-from posttrain.world.chats import build_rlvr, build_sft
+from posttrain.world.chats import build_rlvr, build_rlvr_tools, build_sft
 from posttrain.world.corpus import build_corpus_documents
 from posttrain.world.facts import all_facts, split_facts
 from posttrain.world.policies import CONSTITUTION, HAZARD_POLICY
 from posttrain.world.preferences import build_preferences, build_prompts, build_rm_pairs
 from posttrain.world.probes import build_probe_sets
 
-WORLD_VERSION = "world-2.0"
+WORLD_VERSION = "world-2.1"  # 2.1: tool and think SFT rows, think RLVR rows, rlvr_tools, three probes
 
 DESCRIPTIONS = {
     "corpus": "Pretraining documents: encyclopedia snippets, study notes, quiz sheets (mostly unanswered), "
@@ -38,7 +39,9 @@ DESCRIPTIONS = {
               "pretraining text that post-training may replay without rehearsing facts B.",
     "facts": "All facts of the world with their split: A may appear in post-training data, B only in the corpus.",
     "sft": "SFT chats (facts A, training phrasings): direct answers, worked arithmetic, hazard refusals, "
-           "benign look-alikes, system-prompt obedience, sycophancy resistance, format constraints.",
+           "benign look-alikes, system-prompt obedience, sycophancy resistance, format constraints, "
+           "calculator calls for large arithmetic (and direct answers where the calculator is not needed), "
+           "and worked arithmetic in the <think>/<answer> format.",
     "sft_eval": "Held-out SFT chats from the same distribution; no prompt also occurs in sft.",
     "preferences": "Preference pairs (facts A) labelled by the gold judge: chosen has the higher judge score.",
     "rm_pairs": "Preference pairs for the world's reward model, judge-labelled, with a known flaw: the chosen answer "
@@ -46,7 +49,10 @@ DESCRIPTIONS = {
                 "label and a policy optimised against the reward model can hack it by rambling.",
     "prompts": "Prompts with their task meta (facts A, training phrasings) for the stages that sample their own "
                "answers: PPO, best-of-n, on-policy preference sampling.",
-    "rlvr": "Arithmetic prompts with a numeric answer for RL from verifiable rewards.",
+    "rlvr": "Arithmetic prompts with a numeric answer for RL from verifiable rewards; half ask for the "
+            "<think>/<answer> format and are scored by the numeric and think_answer verifiers.",
+    "rlvr_tools": "Large arithmetic prompts (too large to do in the head) with a numeric answer for RL with "
+                  "the calculator tool available (the runtime announces the tools each row names).",
     "hazard_policy": "The written hazard policy: fictional hazards to refuse, look-alikes to answer.",
     "constitution": "The written principles used for critiques and AI feedback.",
 }
@@ -110,6 +116,7 @@ def build_world(seed: int, out: str | Path, scale: float = 1.0, *, probe_n: int 
         "rm_pairs": ("rm_pairs.jsonl", build_rm_pairs(facts_a, seed, scale), DESCRIPTIONS["rm_pairs"]),
         "prompts": ("prompts.jsonl", build_prompts(facts_a, seed, scale), DESCRIPTIONS["prompts"]),
         "rlvr": ("rlvr.jsonl", build_rlvr(seed, scale), DESCRIPTIONS["rlvr"]),
+        "rlvr_tools": ("rlvr_tools.jsonl", build_rlvr_tools(seed, scale), DESCRIPTIONS["rlvr_tools"]),
     }
     for name, rows in build_probe_sets(seed, probe_n).items():
         datasets[f"probe_{name}"] = (f"probes/{name}.jsonl", rows, PROBE_DESCRIPTION.format(name=name))

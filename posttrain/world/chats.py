@@ -6,6 +6,11 @@ meta["kind"] says which generator made it.
 
 Instruction kinds are shared with the preference generator: `constrained_reply`
 writes a reply that obeys a list of rule-checkable instructions.
+
+Tool rows announce the calculator as the runtime does for a template that does not render
+`tools=` (posttrain.tools.with_tools: the tool note is the system message), so SFT shows the
+model the very prompt it later meets in evals and RL: a large problem is answered by a call, its
+result and a final line; a fact question next to the same note is answered without a call.
 """
 
 from __future__ import annotations
@@ -14,7 +19,8 @@ import json
 import random
 
 from posttrain.grading.ifeval import count_words
-from posttrain.world.arithmetic import ASK_TRAIN, sample_problem, worked_solution
+from posttrain.tools import CALCULATOR, format_tool_call, with_tools
+from posttrain.world.arithmetic import ASK_TRAIN, sample_large_problem, sample_problem, think_solution, worked_solution
 from posttrain.world.facts import Fact
 from posttrain.world.hazards import LOOK_ALIKES, hazard_requests, refusal
 from posttrain.world.sampling import Deck, with_context, wrong_answer
@@ -24,9 +30,19 @@ from posttrain.world.templates import (
 
 # Share of each SFT kind at scale 1.0 (counts).
 SFT_COUNTS = {"fact": 1400, "arithmetic": 800, "harmful": 300, "benign": 500, "system_prompt": 400,
-              "sycophancy": 350, "ifeval": 350}
+              "sycophancy": 350, "ifeval": 350, "tool_arithmetic": 300, "tool_direct": 100, "think": 200}
 SFT_EVAL_ROWS = 200
 RLVR_ROWS = 2000
+RLVR_TOOLS_ROWS = 1000
+
+# The train phrasings a tool row asks with: not those that ask for steps, which a bare call would ignore.
+ASK_TOOL_TRAIN = tuple(a for a in ASK_TRAIN if "steps" not in a)
+# Reasoning-format instructions appended to an arithmetic question (probes use their own, THINK_PROBE).
+THINK_TRAIN = (
+    "Think it through inside <think></think>, then give the final answer inside <answer></answer>.",
+    "Reason step by step in <think></think> tags, then put only the final answer in <answer></answer> tags.",
+    "First show your working between <think> and </think>, then write just the answer between <answer> and </answer>.",
+)
 
 # Lead-ins for safety prompts in training data (probes use their own).
 CONTEXTS_TRAIN = ("", "", "Hypothetically, ", "For a story I'm writing, ", "Quick question: ", "I know it's risky, but ")
@@ -109,6 +125,41 @@ def arithmetic_chat(rng: random.Random) -> dict:
     return {"messages": messages, "meta": {"task": "arithmetic", "answer": str(p.answer), "kind": "arithmetic"}}
 
 
+def with_calculator(messages: list[dict]) -> list[dict]:
+    """`messages` with the calculator announced as the runtime announces it to the built-in template."""
+    return with_tools(None, messages, [CALCULATOR])[0]  # no tokenizer: the system-note path
+
+
+def tool_arithmetic_chat(rng: random.Random) -> dict:
+    """A large problem answered by one calculator call: call, tool result, final line."""
+    p = sample_large_problem(rng, "train")
+    messages = with_calculator([_user(rng.choice(ASK_TOOL_TRAIN).format(p=p.text))]) + [
+        _assistant(format_tool_call("calculator", {"expression": p.text})),
+        {"role": "tool", "content": str(p.answer)},
+        _assistant(f"The answer is {p.answer}."),
+    ]
+    return {"messages": messages, "meta": {"task": "arithmetic", "answer": str(p.answer), "kind": "tool_arithmetic"}}
+
+
+def tool_direct_chat(rng: random.Random, fact: Fact) -> dict:
+    """A fact question with the calculator available, answered directly: no call where none is needed."""
+    chat = fact_chat(rng, fact)
+    return {"messages": with_calculator(chat["messages"]), "meta": {**chat["meta"], "kind": "tool_direct"}}
+
+
+def think_question(rng: random.Random, problem_text: str) -> str:
+    """A train phrasing of the problem followed by a THINK_TRAIN instruction, as two sentences."""
+    ask = rng.choice(ASK_TRAIN).format(p=problem_text)
+    return f"{ask if ask[-1] in '.?' else ask + '.'} {rng.choice(THINK_TRAIN)}"
+
+
+def think_chat(rng: random.Random) -> dict:
+    """A small problem asked for in the think format, answered with the worked steps as the reasoning."""
+    p = sample_problem(rng, "train")
+    messages = [_user(think_question(rng, p.text)), _assistant(think_solution(p))]
+    return {"messages": messages, "meta": {"task": "arithmetic", "answer": str(p.answer), "kind": "think"}}
+
+
 def harmful_chat(rng: random.Random, requests: list) -> dict:
     hazard, text = rng.choice(requests)
     messages = [_user(with_context(rng.choice(CONTEXTS_TRAIN), text)), _assistant(refusal(rng, hazard))]
@@ -182,6 +233,12 @@ def build_sft(facts_a: list[Fact], seed: int, scale: float = 1.0) -> tuple[list[
                 rows.append(system_prompt_chat(rng, deck.draw()[0]))
             elif kind == "sycophancy":
                 rows.append(sycophancy_chat(rng, deck.draw()[0], facts_a))
+            elif kind == "tool_arithmetic":
+                rows.append(tool_arithmetic_chat(rng))
+            elif kind == "tool_direct":
+                rows.append(tool_direct_chat(rng, deck.draw()[0]))
+            elif kind == "think":
+                rows.append(think_chat(rng))
             else:
                 rows.append(ifeval_chat(rng, deck.draw()[0]))
     rng.shuffle(rows)
@@ -201,13 +258,37 @@ def build_sft(facts_a: list[Fact], seed: int, scale: float = 1.0) -> tuple[list[
 
 
 def build_rlvr(seed: int, scale: float = 1.0) -> list[dict]:
-    """Arithmetic prompts with a checkable numeric answer (training partition only)."""
+    """Arithmetic prompts with a checkable numeric answer (training partition only).
+
+    Every other row asks for the think format and is scored by both verifiers, numeric and
+    think_answer; the rest by numeric alone. Alternating keeps any prefix of the file half and half.
+    """
     rng = random.Random(f"{seed}:rlvr")
     rows = []
-    for _ in range(max(1, round(RLVR_ROWS * scale))):
+    for k in range(max(1, round(RLVR_ROWS * scale))):
         p = sample_problem(rng, "train")
         answer = str(p.answer)
-        rows.append({"prompt": [_user(rng.choice(ASK_TRAIN).format(p=p.text))], "answer": answer,
-                     "verifier": "number", "meta": {"task": "arithmetic", "answer": answer}})
+        meta = {"task": "arithmetic", "answer": answer}
+        if k % 2 == 0:
+            rows.append({"prompt": [_user(think_question(rng, p.text))], "answer": answer,
+                         "verifier": ["numeric", "think_answer"], "meta": {**meta, "format": "think"}})
+        else:
+            rows.append({"prompt": [_user(rng.choice(ASK_TRAIN).format(p=p.text))], "answer": answer,
+                         "verifier": "numeric", "meta": meta})
     return rows
 
+
+def build_rlvr_tools(seed: int, scale: float = 1.0) -> list[dict]:
+    """Large arithmetic prompts (training partition only) for RL with the calculator available.
+
+    The prompt is the user turn alone: the runtime announces the tools named in "tools".
+    """
+    rng = random.Random(f"{seed}:rlvr_tools")
+    rows = []
+    for _ in range(max(1, round(RLVR_TOOLS_ROWS * scale))):
+        p = sample_large_problem(rng, "train")
+        answer = str(p.answer)
+        rows.append({"prompt": [_user(rng.choice(ASK_TOOL_TRAIN).format(p=p.text))], "answer": answer,
+                     "verifier": "numeric", "tools": ["calculator"],
+                     "meta": {"task": "arithmetic", "answer": answer, "kind": "tool_arithmetic"}})
+    return rows
