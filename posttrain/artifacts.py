@@ -155,8 +155,13 @@ def save_artifact(
     wall_time_s: float,
     extra_files: dict[str, str] | None = None,
     resumes: list[dict] | None = None,
+    finalize=None,
 ) -> dict:
-    """Write model + tokenizer + provenance atomically to `out`; return the provenance."""
+    """Write model + tokenizer + provenance atomically to `out`; return the provenance.
+
+    finalize(tmp, provenance): writes what is derived from the provenance (the lineage ledger, the model card)
+    into the temporary directory, so that the artifact appears with them or not at all.
+    """
     with atomic_dir(out) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
@@ -185,4 +190,6 @@ def save_artifact(
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
         write_json_atomic(tmp / PROVENANCE, prov)
+        if finalize is not None:
+            finalize(tmp, prov)
     return prov

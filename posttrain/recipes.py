@@ -37,6 +37,7 @@ from typing import Any
 from posttrain.artifacts import sha256_path, write_json_atomic
 from posttrain.config import from_dict, load_config, read_yaml_mapping
 from posttrain.errors import ConfigError, OutputError, PosttrainError
+from posttrain.governance.ledger import LEDGER
 from posttrain.outputs import check_output, clean_stale_temporaries, describe, refuse_protected
 
 STATE = "recipe_state.json"
@@ -191,6 +192,7 @@ class Runner:
                               f"to use it anyway (only the recipe's stage folders are replaced).")
         self.state_path = self.run_dir / STATE
         self.state = json.loads(self.state_path.read_text()) if self.state_path.exists() else {"done": {}, "started": {}}
+        self.ledger = self.run_dir / LEDGER  # the run's audit trail (governance.ledger): every stage appends to it
         self.fingerprints: dict[str, str] = {}
         self.outputs: dict[str, Path] = {}
 
@@ -217,6 +219,7 @@ class Runner:
         current_model = self.recipe.base
         if self.recipe.publish:  # a refused target is reported before hours of training, not after
             self._check_publish(self.recipe.publish)
+        self._check_ledger()
         self.run_dir.mkdir(parents=True, exist_ok=True)  # only once the checks passed: a refused run writes nothing
         for spec in self.recipe.stages:
             model_ref = spec.raw.get("model", current_model)
@@ -252,6 +255,17 @@ class Runner:
         if self.recipe.publish:
             self._publish(self.recipe.publish)
         return self.outputs
+
+    def _check_ledger(self) -> None:
+        """Refuse to add to a run ledger that fails verification: its trail would no longer prove anything."""
+        from posttrain.governance.ledger import LedgerError, verify
+
+        problems = verify(self.ledger) if self.ledger.is_file() else []
+        if problems:
+            raise LedgerError(f"{self.ledger}: the run's ledger fails verification ({len(problems)} problem"
+                              f"{'s' * (len(problems) > 1)}: {'; '.join(problems[:3])}). Restore it from a copy (each "
+                              f"artifact's ledger.jsonl holds its lineage), or move it away to start a new trail; "
+                              f"`posttrain audit verify {self.ledger}` lists every problem.")
 
     def _inputs(self) -> dict:
         """Paths the recipe reads or writes that a publish target must stay clear of."""

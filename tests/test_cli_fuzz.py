@@ -48,6 +48,7 @@ import torch
 
 from posttrain.cli import main
 from test_resume import die_at_step
+from test_report import write_run
 from test_safety import write_chats
 
 FAST = {
@@ -143,6 +144,51 @@ def model(name: str = "m", *, drop=(), files: dict | None = None, cut: str | Non
         if cut:
             raw = (tmp / name / cut).read_bytes()
             (tmp / name / cut).write_bytes(raw[: len(raw) // 2])
+    return step
+
+
+def tamper(name: str, line: int = 2, cut: bool = False) -> Step:
+    """The ledger `name`: a fact of line `line` changed with its hash left as it was, or (cut) the file cut off in
+    the middle of its last line, as a crash mid-append leaves it."""
+    def step(tmp, paths):
+        path = tmp / name
+        lines = path.read_bytes().splitlines(keepends=True)
+        if cut:
+            lines[-1] = lines[-1][:30]
+        else:
+            entry = json.loads(lines[line - 1])
+            entry["tampered"] = True
+            lines[line - 1] = json.dumps(entry).encode() + b"\n"
+        path.write_bytes(b"".join(lines))
+    return step
+
+
+def run_ledger(name: str, n: int = 3) -> Step:
+    """A run directory `name` (its recipe_state.json) with a ledger of n entries."""
+    def step(tmp, paths):
+        from posttrain.governance.ledger import append
+
+        put(f"{name}/recipe_state.json", '{"done": {}, "started": {}}')(tmp, paths)
+        for i in range(n):
+            append(tmp / name / "ledger.jsonl", "judge", name=f"judge{i}", type="programmatic")
+    return step
+
+
+def remove(name: str) -> Step:
+    return lambda tmp, paths: (tmp / name).unlink()
+
+
+def a_run(name: str = "run", damaged: bool = False) -> Step:
+    """A small finished run directory (tests/test_report.py); `damaged`: a truncated eval report, metrics that
+    are not UTF-8, a provenance of the wrong shapes and a stage file that is a pipe."""
+    def step(tmp, paths):
+        root = write_run(tmp / name)
+        if damaged:
+            (root / "eval_ppo" / "eval_report.json").write_text('{"probes": ')
+            (root / "ppo" / "metrics.jsonl").write_bytes(b'{"step": 1, "loss": 1.0}\n\xff\n')
+            (root / "reward" / "provenance.json").write_text('{"stage": ["x"], "parent": "sft", "data": 3, "gates": 7}')
+            (root / "world" / "probes" / "qa.jsonl").unlink()
+            os.mkfifo(root / "world" / "probes" / "qa.jsonl")
     return step
 
 
@@ -504,6 +550,77 @@ CASES = [
          (jsonl("q.jsonl", PROMPT),)),
     Case("preferences-unknown-label", "preferences sample $model --prompts $tmp/q.jsonl --label nope --n 2 "
          "--out $tmp/o.jsonl", 2, "nope", (jsonl("q.jsonl", PROMPT),)),
+    # --- the audit trail and the model card: ledgers, artifacts and run directories that are not what they claim
+    Case("audit-verify-intact-artifact", "audit verify $tmp/a", 0, (), (copy("artifact", "a"),)),
+    Case("audit-verify-missing", "audit verify $tmp/nope", 2, ("$tmp/nope does not exist", "Give a ledger file")),
+    Case("audit-verify-not-a-ledger", "audit verify $tmp/l.jsonl", 2, "$tmp/l.jsonl is not a posttrain ledger",
+         (jsonl("l.jsonl", CHAT),)),
+    Case("audit-verify-empty-file", "audit verify $tmp/l.jsonl", 2, "is not a posttrain ledger", (put("l.jsonl", ""),)),
+    Case("audit-verify-binary-file", "audit verify $tmp/l.jsonl", 2, "is not a posttrain ledger",
+         (put("l.jsonl", b"\xff\xfe\x00\x01" * 100),)),
+    Case("audit-verify-folder-without-ledger", "audit verify $tmp/d", 2, "$tmp/d holds no ledger.jsonl",
+         (folder("d"), put("d/notes.txt", "mine"))),
+    Case("audit-verify-artifact-without-ledger", "audit verify $tmp/a", 2, "is an artifact without ledger.jsonl",
+         (copy("artifact", "a"), remove("a/ledger.jsonl"))),
+    Case("audit-verify-edited-entry", "audit verify $tmp/a", 1, ("line 2 (seq 2, data): edited", "restore it from a copy"),
+         (copy("artifact", "a"), tamper("a/ledger.jsonl"))),
+    Case("audit-verify-edited-ledger-file", "audit verify $tmp/a/ledger.jsonl", 1, "line 1 (seq 1, model): edited",
+         (copy("artifact", "a"), tamper("a/ledger.jsonl", line=1))),
+    Case("audit-verify-cut-last-line", "audit verify $tmp/a", 1, "is an incomplete last entry (30 bytes",
+         (copy("artifact", "a"), tamper("a/ledger.jsonl", cut=True))),
+    Case("audit-verify-weights-changed", "audit verify $tmp/a", 1, "the weights on disk",
+         (copy("artifact", "a"), put("a/model.safetensors", b"not the weights"))),
+    Case("audit-verify-fifo", "audit verify $tmp/l.jsonl", 2, "$tmp/l.jsonl is neither a file nor a directory",
+         (fifo("l.jsonl"),), hangs=True),
+    Case("audit-verify-symlink-loop", "audit verify $tmp/l", 2, "$tmp/l", (loop("l"),)),
+    Case("audit-show-edited-entry", "audit show $tmp/a", 0, "fails verification (1 problem",
+         (copy("artifact", "a"), tamper("a/ledger.jsonl"))),
+    Case("audit-show-not-a-ledger", "audit show $tmp/l.jsonl", 2, "is not a posttrain ledger", (put("l.jsonl", "hi\n"),)),
+    Case("sft-from-a-model-with-an-edited-ledger", "sft --model $tmp/a --data $chats --out $tmp/out", 2,
+         ("the lineage ledger of the starting model fails verification", "line 2 (seq 2, data): edited"),
+         (copy("artifact", "a"), tamper("a/ledger.jsonl"))),
+    Case("run-into-a-run-with-an-edited-ledger", "run $tmp/r.yaml --out $tmp/run --no-progress", 2,
+         ("the run's ledger fails verification", "line 2 (seq 2, judge): edited", "Restore it from a copy"),
+         (put("r.yaml", SFT_RECIPE), run_ledger("run"), tamper("run/ledger.jsonl"))),
+    Case("audit-verify-run-with-an-edited-ledger", "audit verify $tmp/run", 1, "line 3 (seq 3, judge): edited",
+         (run_ledger("run"), tamper("run/ledger.jsonl", line=3))),
+    Case("card-regenerates", "card $tmp/a", 0, (), (copy("artifact", "a"), remove("a/README.md")),
+         writes=("a/README.md",)),
+    Case("card-not-an-artifact", "card $tmp/m", 2, "holds no provenance.json", (model(),)),
+    Case("card-missing", "card $tmp/nope", 2, "holds no provenance.json"),
+    Case("card-edited-ledger", "card $tmp/a", 2, ("fails verification (line 2 (seq 2, data): edited", "Restore"),
+         (copy("artifact", "a"), tamper("a/ledger.jsonl"))),
+    Case("card-eval-missing", "card $tmp/a --eval $tmp/r.json", 2, "--eval $tmp/r.json is not a file",
+         (copy("artifact", "a"),)),
+    Case("card-eval-not-json", "card $tmp/a --eval $tmp/r.json", 2, "--eval $tmp/r.json is not JSON",
+         (copy("artifact", "a"), put("r.json", '{"probes": '))),
+    Case("card-eval-not-a-report", "card $tmp/a --eval $tmp/r.json", 2, "is not a posttrain eval report",
+         (copy("artifact", "a"), put("r.json", '{"probes": [1]}'))),
+    # --- report: RUN_DIR, and --out against what exists
+    Case("report-run-dir-missing", "report $tmp/nope", 2, ("RUN_DIR $tmp/nope does not exist", "--out DIR")),
+    Case("report-run-dir-is-a-file", "report $tmp/f", 2, "RUN_DIR $tmp/f is a file, not a run directory", (put("f", "x"),)),
+    Case("report-not-a-run-dir", "report $tmp/d", 2, ("RUN_DIR $tmp/d holds no posttrain stage", "recipe_state.json"),
+         (put("d/notes.txt", "mine"), folder("d/sub"))),
+    Case("report-writes", "report $tmp/run", 0, (), (a_run(),), writes=("run/report.html",)),
+    Case("report-damaged-run", "report $tmp/run", 0,
+         ("eval_report.json: not valid JSON", "metrics.jsonl: not valid UTF-8", "'gates' is not a list",
+          "qa.jsonl: not a regular file"), (a_run(damaged=True),), writes=("run/report.html",), hangs=True),
+    Case("report-out-is-a-file-of-mine", "report $tmp/run --out $tmp/mine.html", 2,
+         ("--out $tmp/mine.html is a file (8 bytes) that is not a posttrain report", "--overwrite"),
+         (a_run(), put("mine.html", "my notes"))),
+    Case("report-out-is-a-directory", "report $tmp/run --out $tmp/d", 2, ("--out $tmp/d is a directory", "$tmp/d/report.html"),
+         (a_run(), folder("d"))),
+    Case("report-out-is-a-file-it-reads", "report $tmp/run --out $tmp/run/sft/provenance.json --overwrite", 2,
+         ("is a file this report reads", "--overwrite does not change this"), (a_run(),)),
+    Case("report-out-is-dot", "report $tmp/run --out .", 2, "--out . is the current directory", (a_run(),)),
+    Case("report-out-under-a-file", "report $tmp/run --out $tmp/f/r.html", 2, "$tmp/f is a file, not a directory",
+         (a_run(), put("f", "x"))),
+    Case("report-out-unwritable", "report $tmp/run --out $tmp/ro/r.html", 2, "$tmp/ro is not writable",
+         (a_run(), folder("ro")), patch=unwritable("ro")),
+    Case("report-out-is-a-symlink-loop", "report $tmp/run --out $tmp/l", 2, "--out $tmp/l", (a_run(), loop("l"))),
+    Case("report-out-is-a-fifo", "report $tmp/run --out $tmp/p", 2, "--out $tmp/p exists and is not a regular file",
+         (a_run(), fifo("p")), hangs=True),
+    Case("sft-report_to-unknown", f"{SFT} --set train.report_to=wandb", 2, ("train.report_to", "tensorboard")),
 ]
 
 

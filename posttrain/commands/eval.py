@@ -88,4 +88,10 @@ def run(args) -> int:
     print(format_table(report))
     print(f"\n{len(report.probes)} probes in {report.header['wall_time_s']:.1f}s on {report.header['device']} "
           f"({report.header['dtype']}); report written to {out}")
+    from posttrain.governance.ledger import LEDGER
+    from posttrain.governance.record import record_eval
+
+    if (artifact / LEDGER).is_file():  # an artifact with an audit trail: the eval joins it, the card shows it
+        record_eval(out, artifact)
+        print(f"recorded in {artifact / LEDGER}; model card {artifact / 'README.md'} regenerated")
     return 0

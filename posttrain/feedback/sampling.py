@@ -79,6 +79,17 @@ def load_labeller(spec: str, *, constitution=None, seed: int = 0, device: str = 
     return Labeller(spec, kind, score=load_reward(spec, **options))
 
 
+def constitution_sha256(path=None) -> str:
+    """Hash of the constitution an AI judge draws its principles from (None: the built-in world's), for the ledger."""
+    import hashlib
+
+    if path is None:
+        from posttrain.world.policies import CONSTITUTION
+
+        return hashlib.sha256(CONSTITUTION.encode("utf-8")).hexdigest()
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
 def summary_path(out) -> Path:
     """Where the summary of OUT.jsonl goes: OUT.summary.json beside it."""
     out = Path(out)
@@ -234,6 +245,7 @@ def sample_preferences(policy_dir, prompts_path, n: int, labeller, *, limit: int
                "gold_rows": sum(bool(p.meta.get("task")) for p in prompts),
                "agreement_with_gold": agreement.as_dict() if agreement.judged or agreement.gold_ties else None,
                "ai_judge": _ai_summary(tally) if labeller.kind == "ai" else None,
+               "constitution_sha256": constitution_sha256(constitution) if labeller.kind == "ai" else None,
                "wall_time_s": round(time.perf_counter() - start, 3)}
     return rows, summary
 

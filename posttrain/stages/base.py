@@ -7,7 +7,8 @@ does the rest, in this order (docs/safety.md explains the order):
   2. load the tokenizer and read the data (a bad row is reported before a model loads);
   3. decide between a fresh start and a resume (only as the same run: training.resume);
   4. load the model(s), build the objective, train (training.trainer; an RL stage's `train` runs its loop);
-  5. save the artifact atomically with provenance, remove the checkpoints, print a summary.
+  5. save the artifact atomically with provenance, its lineage ledger and model card (governance), remove
+     the checkpoints, append the stage's entries to the run's ledger, print a summary.
 
 The registry (stages.registry) lists the stages; it drives the CLI commands, the recipe runner
 and docs/options.md, so a new stage is one file plus one line there.
@@ -22,6 +23,8 @@ from pathlib import Path
 
 from posttrain.artifacts import parent_record, save_artifact
 from posttrain.console import summary
+from posttrain.governance.card import write_model_card
+from posttrain.governance.record import check_lineage, record_run, write_lineage
 from posttrain.models import check_model_dir, load_tokenizer, resolve_device
 from posttrain.outputs import model_bytes
 from posttrain.stages.common import checkpoint_dir, finalize_model, prepare_model
@@ -98,6 +101,11 @@ class Stage:
         resume_trainer(trainer, ckpt)
         return trainer.fit(), objective
 
+    def data_paths(self, data_path, cfg) -> list:
+        """Every data file the stage reads (the ledger records where each came from: a world, a sampling run)."""
+        data = getattr(cfg, "data", None)
+        return [data_path, *(getattr(data, k, None) for k in ("eval_data", "replay_data"))]
+
     def result_metrics(self, model, result: TrainResult, data: StageData, objective, device, dtype) -> dict:
         """Stage-specific metrics of the finished run (e.g. held-out accuracy); also shown in the summary."""
         return dict(result.extra)
@@ -105,16 +113,19 @@ class Stage:
     # ------------------------------------------------------------ the envelope
 
     def run(self, model_path, data_path, out, cfg, *, resume: bool | str = False, progress: bool = True,
-            overwrite: bool = False, allow_change=(), reads: dict | None = None) -> dict:
+            overwrite: bool = False, allow_change=(), reads: dict | None = None, ledger=None,
+            recipe: dict | None = None) -> dict:
         """Train and write the artifact to `out`; return its provenance.
 
         resume: True, False or "auto" (training.resume.plan_resume); reads: other inputs to protect,
-        e.g. {"--config": path}; see docs/safety.md.
+        e.g. {"--config": path}; see docs/safety.md. ledger: the run's ledger (a recipe's RUN_DIR/ledger.jsonl),
+        which gets this stage's entries too; recipe: {"recipe": name, "name": stage name} for the ledger.
         """
         t0 = time.perf_counter()
         resolve_device(cfg.model.device, "model.device")  # cuda on a machine without one: say so before any work
         check_stage_output(out, stage_inputs(model_path, data_path, cfg, reads), overwrite=overwrite,
                            need_bytes=self.output_bytes(model_path, cfg))
+        check_lineage(model_path)  # a starting model whose audit trail was altered is refused before any work
         tok = self.tokenizer(model_path, cfg)
         data = self.read_data(tok, data_path, cfg)
         parent = self.parent(model_path)
@@ -130,11 +141,23 @@ class Stage:
             "peak_memory_mb": round(result.peak_memory_mb, 1), "data": data.stats, "dtype": dtype,
             "device": str(device), **{f"eval_{k}": v for k, v in result.eval_metrics.items()}, **data.metrics, **extra,
         }
+        entries: list[dict] = []
+
+        def govern(tmp, prov):  # inside the atomic save: the artifact appears with its ledger and card
+            entries.extend(write_lineage(tmp, prov, model_path=model_path, data_paths=self.data_paths(data_path, cfg),
+                                         run_ledger=ledger, **(recipe or {})))
+            write_model_card(tmp)
+
         prov = save_artifact(
             out, stage=self.name, model=self.finish(model, tok, cfg), tokenizer=tok, config=asdict(cfg),
             parent=parent, data=data.records, seeds=self.seeds(cfg, parent), metrics=metrics,
             metrics_lines=result.metrics_lines, wall_time_s=time.perf_counter() - t0, resumes=run_record["history"],
+            finalize=govern,
         )
+        record_run(ledger, entries)
+        if getattr(cfg.train, "report_to", "none") == "tensorboard":  # the artifact's tensorboard/ = its metrics.jsonl
+            from posttrain.training.tensorboard import write_artifact_events
+            write_artifact_events(out, result.metrics_lines)
         shutil.rmtree(checkpoint_dir(Path(out)), ignore_errors=True)
         print(summary(f"{self.name} finished: {out} ({prov['artifact_id']})", {
             "steps": result.steps, "train loss": result.train_loss, "eval loss": result.eval_loss, **data.summary,

@@ -7,6 +7,8 @@ bon) take their options as keys of the stage entry itself.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 def training_stages() -> dict:
     """name -> Stage, in command order."""
@@ -49,15 +51,19 @@ class RecipeStep:
 def _training_step(stage) -> RecipeStep:
     def run(runner, spec, model, data, out, resume: bool):
         cfg = runner.stage_config(spec, stage.config)
-        stage.run(model, data, out, cfg, resume="auto" if resume else False, progress=runner.progress, overwrite=True)
+        stage.run(model, data, out, cfg, resume="auto" if resume else False, progress=runner.progress, overwrite=True,
+                  ledger=runner.ledger, recipe={"recipe": runner.recipe.name, "name": spec.name})
     return RecipeStep(stage.name, ("model", "data", "config"), run, trains=True, policy=stage.policy)
 
 
 def _world(runner, spec, model, data, out, resume):
+    from posttrain.governance.ledger import append_facts
+    from posttrain.governance.record import world_facts
     from posttrain.world.build import build_world
 
     o = spec.options
-    build_world(o.seed, out, o.scale, probe_n=o.probe_n)
+    manifest = build_world(o.seed, out, o.scale, probe_n=o.probe_n)
+    append_facts(runner.ledger, world_facts(out, manifest))  # the generated data and its written policies
 
 
 def _tokenizer(runner, spec, model, data, out, resume):
@@ -69,6 +75,7 @@ def _tokenizer(runner, spec, model, data, out, resume):
 
 def _eval(runner, spec, model, data, out, resume):
     from posttrain.evals.runner import run_probes
+    from posttrain.governance.record import record_eval
     from posttrain.models import load_model_and_tokenizer
 
     o = spec.options
@@ -91,6 +98,11 @@ def _eval(runner, spec, model, data, out, resume):
                         progress=runner.progress, model_name=name, engine=engine)
     out.mkdir(parents=True, exist_ok=True)
     report.save(out / "eval_report.json")
+    # A model of this run also gets the eval in its own ledger, and its card is regenerated with the results;
+    # a model outside the run directory (the shipped base) is an input, never written to.
+    inside = runner.run_dir.resolve() in Path(model).resolve().parents
+    record_eval(out / "eval_report.json", model, run_ledger=runner.ledger, into_model=inside, name=spec.name,
+                recipe=runner.recipe.name, system=None if o.best_of_n == 1 else name)
 
 
 def _preferences(runner, spec, model, data, out, resume):
@@ -98,6 +110,8 @@ def _preferences(runner, spec, model, data, out, resume):
     and OUT/preferences.summary.json, for a later stage's `data: "@NAME/preferences.jsonl"`."""
     from posttrain.artifacts import atomic_dir
     from posttrain.feedback.sampling import resolve_label, sample_preferences, write_preferences
+    from posttrain.governance.ledger import append_facts
+    from posttrain.governance.record import preference_facts
 
     o = spec.options
     rows, summary = sample_preferences(
@@ -106,6 +120,7 @@ def _preferences(runner, spec, model, data, out, resume):
         constitution=str(runner.resolve(o.constitution)) if o.constitution else None, progress=runner.progress)
     with atomic_dir(out) as tmp:
         write_preferences(tmp / "preferences.jsonl", rows, summary)
+    append_facts(runner.ledger, preference_facts(out / "preferences.jsonl"))
 
 
 def _bon(runner, spec, model, data, out, resume):

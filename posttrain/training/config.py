@@ -69,3 +69,4 @@ class TrainConfig:
     eval_every: int = opt(0, "Evaluate held-out loss every N steps (0 = only at the end).", ge=0)
     save_every: int = opt(200, "Write a resumable checkpoint every N steps (0 = none); `--resume` continues from the latest.", ge=0)
     log_every: int = opt(10, "Write a metrics line every N steps.", ge=1)
+    report_to: str = opt("none", "Also write every metrics line's numbers as TensorBoard scalars: live to OUT.tensorboard/ while training, and into the artifact's tensorboard/ folder (`tensorboard --logdir runs/`). Needs no extra package.", choices=("none", "tensorboard"))

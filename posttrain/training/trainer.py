@@ -38,6 +38,7 @@ from posttrain.models import autocast
 from posttrain.training.config import TrainConfig
 from posttrain.training.objectives import Objective
 from posttrain.training.resume import RUN_FILE, completed_checkpoints
+from posttrain.training.tensorboard import LiveEvents, live_dir
 
 
 def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
@@ -153,6 +154,8 @@ class Trainer:
         self.weight_limit = max(cfg.max_abs_weight, 10 * max_abs(self._trained()))
         self._start, self._start_tokens = time.perf_counter(), 0  # tokens/s of this process (reset by fit)
         self._unfinished: tuple[int, torch.Tensor] | None = None  # (tokens, RNG state) where a step began
+        # train.report_to=tensorboard: each new metrics line also goes to OUT.tensorboard/ (training.tensorboard)
+        self.events = LiveEvents(live_dir(self.ckpt_dir)) if cfg.report_to == "tensorboard" and self.ckpt_dir else None
 
     # ------------------------------------------------------------ data order
 
@@ -352,7 +355,12 @@ class Trainer:
             result = StepResult(loss_value, float(gnorm), lr, tokens, {k: v / units for k, v in sums.items()})
             self._record(result)
             self._unfinished = None
+        self.sync_events()  # also the lines an outer loop (RL) added since the last step
         return result
+
+    def sync_events(self) -> None:
+        if self.events is not None:
+            self.events.sync(self.state.metrics_lines)
 
     def _record(self, r: StepResult) -> None:
         """Add a finished step to the logging window; write a metrics line at the window's end."""
@@ -386,6 +394,7 @@ class Trainer:
             if cfg.eval_every and s % cfg.eval_every == 0 and s < self.total_steps:
                 loss, metrics = self.evaluate()
                 self.state.metrics_lines.append({"step": s, "eval_loss": loss, **{f"eval_{k}": v for k, v in metrics.items()}})
+                self.sync_events()
             if self.ckpt_dir is not None and cfg.save_every and s % cfg.save_every == 0:
                 self.save_checkpoint()
         bar.close()
@@ -394,6 +403,7 @@ class Trainer:
         if eval_loss is not None:
             self.state.metrics_lines.append({"step": self.state.step, "eval_loss": eval_loss,
                                              **{f"eval_{k}": v for k, v in eval_metrics.items()}})
+            self.sync_events()
         train_losses = [m["loss"] for m in self.state.metrics_lines if "loss" in m]
         return TrainResult(
             steps=self.state.step,
