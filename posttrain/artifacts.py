@@ -156,11 +156,13 @@ def save_artifact(
     extra_files: dict[str, str] | None = None,
     resumes: list[dict] | None = None,
     finalize=None,
+    extra: dict | None = None,
 ) -> dict:
     """Write model + tokenizer + provenance atomically to `out`; return the provenance.
 
     finalize(tmp, provenance): writes what is derived from the provenance (the lineage ledger, the model card)
-    into the temporary directory, so that the artifact appears with them or not at all.
+    into the temporary directory, so that the artifact appears with them or not at all. extra: more top-level
+    provenance keys (a recipe's gate outcomes: "gates").
     """
     with atomic_dir(out) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
@@ -183,6 +185,7 @@ def save_artifact(
             "metrics": metrics,
             # Each resume: the step it continued from, and every setting it changed (--allow-change) from -> to.
             "resumes": resumes or [],
+            **(extra or {}),
         }
         with open(tmp / METRICS, "w") as f:
             for line in metrics_lines:

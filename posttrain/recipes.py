@@ -9,12 +9,15 @@
     quick:                          # merged into stages by `posttrain run --quick`
       sft: {config: {train: {max_steps: 40}}}
     publish: {stage: sft, to: ../models/sft}   # optional: copy a stage's output there at the end
+    release: {stage: sft, name: world-assistant, version: "1.0"}   # optional: a named release (governance)
+    gates: {fatal: false}           # optional: stages' gates are reported, not fatal (default: fatal)
 
 Each stage writes RUN_DIR/<name>. A stage's model defaults to the output of the
 last policy-producing stage before it (or `base`; a reward model is not a policy); `@name/sub/path` refers to a
 stage's output. A stage whose fingerprint (kind, options, inputs) matches the one
 recorded when it last finished is skipped; an interrupted training stage resumes
-from its checkpoint when rerun with the same fingerprint.
+from its checkpoint when rerun with the same fingerprint. A stage's `gates:` (governance.gates) are
+checked after it; a failed fatal gate stops the run, so nothing is published or released.
 
 The runner replaces only what it wrote: a stage folder it did not start, a run directory
 that is not one, or a `publish.to` target that is not its unmodified last publication is
@@ -30,18 +33,19 @@ import json
 import re
 import shutil
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from posttrain.artifacts import sha256_path, write_json_atomic
 from posttrain.config import from_dict, load_config, read_yaml_mapping
 from posttrain.errors import ConfigError, OutputError, PosttrainError
+from posttrain.governance.gate_run import after_stage, recipe_default_fatal, stage_gates
 from posttrain.governance.ledger import LEDGER
 from posttrain.outputs import check_output, clean_stale_temporaries, describe, refuse_protected
 
 STATE = "recipe_state.json"
-TOP_KEYS = ("name", "base", "stages", "quick", "publish")
+TOP_KEYS = ("name", "base", "stages", "quick", "publish", "release", "gates")
 
 
 def _steps():
@@ -57,6 +61,7 @@ class StageSpec:
     kind: str
     raw: dict  # the stage entry as written
     options: Any = None  # world/tokenizer/eval: its typed options (pretrain/sft: loaded with references resolved)
+    gates: list = field(default_factory=list)  # governance.gates.Gate: checked after the stage
 
 
 @dataclass
@@ -66,6 +71,7 @@ class Recipe:
     base: str | None
     stages: list[StageSpec]
     publish: dict | None = None
+    release: dict | None = None
 
 
 def _merge(a: dict, b: dict) -> dict:
@@ -93,7 +99,7 @@ def check_stage(path: Path, name: str, kind: str, entry: dict, has_model: bool):
     step = _steps()[kind]
     cls = step.options
     option_keys = [f.name for f in fields(cls)] if cls else []
-    allowed = ["name", "stage", *step.entry_keys, *option_keys]
+    allowed = ["name", "stage", *step.entry_keys, *option_keys, *(["gates"] if kind == "eval" or step.trains else [])]
     for key in entry:
         if key not in allowed:
             raise _unknown_key(where, key, allowed)
@@ -132,6 +138,7 @@ def load_recipe(path: str | Path, quick: bool = False) -> Recipe:
         raise ConfigError(f"recipe '{path}': 'quick' must map stage names to options, "
                           f"e.g. quick: {{sft: {{config: ...}}}}.")
     stages, seen, steps = [], set(), _steps()
+    default_fatal = recipe_default_fatal(path, data.get("gates"))
     kinds = ", ".join(steps)
     has_model = data.get("base") is not None
     for i, entry in enumerate(data["stages"]):
@@ -157,7 +164,8 @@ def load_recipe(path: str | Path, quick: bool = False) -> Recipe:
             if ref[1:].partition("/")[0] not in earlier:
                 raise ConfigError(f"recipe '{path}', stage '{name}': reference '{ref}' names no earlier stage "
                                   f"(earlier: {', '.join(earlier) or 'none'}).")
-        stages.append(StageSpec(name, kind, entry, None if steps[kind].trains else options))
+        stages.append(StageSpec(name, kind, entry, None if steps[kind].trains else options,
+                                stage_gates(path, name, kind, entry, options, stages, default_fatal)))
     unknown = set(quick_over) - seen
     if unknown:
         raise ConfigError(f"recipe '{path}': 'quick' names unknown stages: {', '.join(sorted(unknown))}.")
@@ -168,9 +176,14 @@ def load_recipe(path: str | Path, quick: bool = False) -> Recipe:
     for key in publish or {}:
         if key not in ("stage", "to"):
             raise _unknown_key(f"recipe '{path}', publish", key, ("stage", "to"))
+    release = None
+    if data.get("release") is not None:
+        from posttrain.governance.release import check_recipe_release
+
+        release = check_recipe_release(path, data["release"], {s.name: steps[s.kind].trains for s in stages})
     if quick:
-        publish = None  # a smoke run never overwrites a published artifact
-    return Recipe(data.get("name", path.stem), path, data.get("base"), stages, publish)
+        publish = release = None  # a smoke run never overwrites a published artifact, nor releases one
+    return Recipe(data.get("name", path.stem), path, data.get("base"), stages, publish, release)
 
 
 def tree_stamp(path: Path) -> str | None:
@@ -201,6 +214,8 @@ class Runner:
     def resolve(self, ref: str) -> Path:
         if ref.startswith("@"):
             name, _, sub = ref[1:].partition("/")
+            if name == "run" and name not in self.outputs:  # @run/...: a path inside the run directory
+                return self.run_dir / sub if sub else self.run_dir
             if name not in self.outputs:
                 raise ConfigError(f"reference '{ref}' names no earlier stage (earlier: {', '.join(self.outputs) or 'none'}).")
             return self.outputs[name] / sub if sub else self.outputs[name]
@@ -219,6 +234,10 @@ class Runner:
         current_model = self.recipe.base
         if self.recipe.publish:  # a refused target is reported before hours of training, not after
             self._check_publish(self.recipe.publish)
+        if self.recipe.release:
+            from posttrain.governance.release import check_run_release
+
+            check_run_release(self)
         self._check_ledger()
         self.run_dir.mkdir(parents=True, exist_ok=True)  # only once the checks passed: a refused run writes nothing
         for spec in self.recipe.stages:
@@ -233,7 +252,8 @@ class Runner:
             self.fingerprints[spec.name] = fp
             out = self.run_dir / spec.name
             self.outputs[spec.name] = out
-            if self.state["done"].get(spec.name) == fp and out.exists():
+            skipped = self.state["done"].get(spec.name) == fp and out.exists()
+            if skipped:
                 self._say(f"[{spec.name}] unchanged since its last run: skipped")
             else:
                 resume = self.state["started"].get(spec.name) == fp
@@ -250,8 +270,13 @@ class Runner:
                 self.state["done"][spec.name] = fp
                 self._save_state()
                 self._say(f"[{spec.name}] done in {time.perf_counter() - t0:.1f}s")
+            after_stage(self, spec, out, ran=not skipped)  # a failed fatal gate stops the run here
             if _steps()[spec.kind].policy:
                 current_model = f"@{spec.name}"
+        if self.recipe.release:  # before publishing: a published copy carries the release in its ledger and card
+            from posttrain.governance.release import run_release
+
+            run_release(self)
         if self.recipe.publish:
             self._publish(self.recipe.publish)
         return self.outputs

@@ -104,7 +104,9 @@ def _calculator(arguments: dict) -> str:
     expression = arguments.get("expression")
     if not isinstance(expression, str):
         raise ValueError('the calculator takes {"expression": "<arithmetic>"}')
-    return str(calculate(expression))
+    # The expression echoed, then " = value": the value follows a space, as it does in "The answer is value",
+    # so a model copies the same tokens (a BPE tokenizer splits "\n4517277" and " 4517277" differently).
+    return f"{expression.strip()} = {calculate(expression)}"
 
 
 def _python(arguments: dict) -> str:

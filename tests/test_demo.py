@@ -1,5 +1,5 @@
-"""The quick demo end to end: world -> probes on the base -> SFT -> probes -> reward model, DPO, PPO and best-of-n
--> probes, and the over-optimisation plot."""
+"""The quick demo end to end: world -> probes on the base -> SFT -> probes -> reward model, DPO, PPO, best-of-n
+and GRPO without and with the calculator -> probes, the over-optimisation plot and GRPO's training curves."""
 
 import json
 
@@ -28,7 +28,7 @@ def test_quick_demo_turns_the_base_into_an_assistant(tmp_path, capsys):
     assert reward["parent"]["artifact_id"] == sft_id and dpo["parent"]["artifact_id"] == sft_id
     assert 0 <= reward["metrics"]["heldout_accuracy"] <= 1 and reward["metrics"]["heldout_pairs"] > 100
     assert summary["reward_model"]["heldout_accuracy"] == reward["metrics"]["heldout_accuracy"]
-    assert json.loads((out / "eval_dpo" / "eval_report.json").read_text())["probes"].keys() == sft["probes"].keys()
+    assert json.loads((out / "eval_dpo" / "eval_report.json").read_text())["probes"].keys() == base["probes"].keys()
     assert "Reward model" in printed and "worse than SFT" in printed and "dpo (chat)" in printed
     # the RLHF branch: PPO from SFT against the reward model, best-of-n from SFT against it, both measured with gold
     ppo = json.loads((out / "ppo" / "provenance.json").read_text())
@@ -46,3 +46,14 @@ def test_quick_demo_turns_the_base_into_an_assistant(tmp_path, capsys):
     assert {"harmful_refusal", "over_refusal", "gold_reward"} <= set(bon_report["probes"])
     assert bon_report["model"].startswith("best-of-4 of @sft")
     assert "Over-optimisation" in printed and "ppo (chat)" in printed and "best-of-4" in printed
+    # the RLVR branch: GRPO from SFT on the world's arithmetic, and GRPO from SFT with the calculator
+    for name, data in (("grpo", "rlvr.jsonl"), ("grpo_tools", "rlvr_tools.jsonl")):
+        grpo = json.loads((out / name / "provenance.json").read_text())
+        assert grpo["parent"]["artifact_id"] == sft_id and grpo["data"][0]["path"].endswith(data)
+        assert "pass@1_last" in grpo["metrics"] and (out / f"{name}_curves.png").stat().st_size > 10_000
+    assert json.loads((out / "grpo_tools" / "provenance.json").read_text())["config"]["tools"]["names"] == ["calculator"]
+    tools_report = json.loads((out / "eval_grpo_tools" / "eval_report.json").read_text())
+    assert {"tool_arithmetic", "large_arithmetic", "reasoning", "harmful_refusal", "over_refusal"} <= set(tools_report["probes"])
+    assert "tool_call_rate" in tools_report["probes"]["tool_arithmetic"]["secondary"]
+    assert set(summary["rlvr"]) >= {"grpo", "grpo_tools", "eval_sft", "eval_grpo_tools"}
+    assert "RL from verifiable rewards" in printed and "GRPO + calculator" in printed

@@ -37,7 +37,7 @@ def test_a_call_round_trips_through_the_format_and_bad_calls_say_why():
 def test_the_runner_turns_every_failure_into_text_for_the_model(tiny_llama_dir):
     _, tok = load_model_and_tokenizer(tiny_llama_dir)
     runner = ToolRunner(resolve_tools(["calculator", "python"]), tok)
-    assert runner.run(format_tool_call("calculator", {"expression": "6 * 7"})) == "42"
+    assert runner.run(format_tool_call("calculator", {"expression": "6 * 7"})) == "6 * 7 = 42"
     assert runner.run("just an answer") is None
     assert runner.run(format_tool_call("weather", {})).startswith("error: unknown tool 'weather'")
     assert runner.run(format_tool_call("calculator", {"expression": "import os"})).startswith("error:")
@@ -97,7 +97,7 @@ def test_the_engine_runs_a_tool_call_mid_answer_and_injects_the_result_as_unsamp
     [c] = engine.chat([conversation], SamplingParams(max_new_tokens=len(model.plan)))
 
     assert c.finish_reason == "stop" and c.text == answer
-    assert c.turns == [(call, str(48213 * 9371))]
+    assert c.turns == [(call, f"48213 * 9371 = {48213 * 9371}")]
     injected = [t for t, m in zip(c.token_ids, c.mask) if m == 0]
     sampled = [t for t, m in zip(c.token_ids, c.mask) if m == 1]
     assert sampled == model.plan  # every token the model wrote, and only those, has mask 1

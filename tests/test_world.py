@@ -352,7 +352,8 @@ def test_tool_arithmetic_sft_rows_call_the_calculator(world):
         assert (name, arguments) == ("calculator", {"expression": p.text})
         call = f'{{"name": "calculator", "arguments": {{"expression": "{p.text}"}}}}'
         assert m[2]["content"] == f"<tool_call>{call}</tool_call>"
-        assert m[3]["content"] == str(p.answer) == r["meta"]["answer"] == CALCULATOR.run(arguments)
+        assert m[3]["content"] == CALCULATOR.run(arguments) == f"{p.text} = {p.answer}"
+        assert r["meta"]["answer"] == str(p.answer)
         assert m[4]["content"] == f"The answer is {p.answer}."
 
 

@@ -12,6 +12,9 @@ from its checkpoint.
   posttrain run recipes/demo.yaml --out runs/demo-quick --quick
   posttrain run recipes/base.yaml --out runs/base      # rebuild the shipped base model
 
+A stage's failed fatal gate (docs/governance.md) stops the run with exit code 1: nothing later runs, and
+nothing is published or released.
+
 Recipe format: see docs/recipes.md."""
 
 
@@ -32,6 +35,7 @@ def run(args) -> int:
     import sys
 
     from posttrain.errors import TrainingInterrupted
+    from posttrain.governance.gate_run import GateFailed
 
     recipe = load_recipe(args.recipe, quick=args.quick)
     out = args.out or f"runs/{recipe.name}" + ("-quick" if args.quick else "")
@@ -43,5 +47,8 @@ def run(args) -> int:
         print(f"posttrain run: {e} To continue, run: {shlex.join(again)} (finished stages are skipped and this "
               f"one resumes from its checkpoint).", file=sys.stderr)
         return 130
+    except GateFailed as e:  # the stage's outcome is recorded; exit 1 (a failed check), not 2 (bad input)
+        print(f"posttrain run: error: {e}", file=sys.stderr)
+        return 1
     print(f"recipe '{recipe.name}' finished: " + ", ".join(f"{k} -> {v}" for k, v in outputs.items()))
     return 0

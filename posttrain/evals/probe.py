@@ -150,6 +150,7 @@ class Probe:
     load: Callable[[Any, int | None], list[dict]] | None = None
     generate: Callable[["Probe", Any, list[dict]], list] = _default_generate
     higher_is_better: bool | None = True
+    secondary: tuple[str, ...] = ()  # the names of its secondary metrics: a recipe's gates are checked against them
 
     def sampling(self):
         """The engine's SamplingParams for this probe (greedy unless `params` says otherwise)."""

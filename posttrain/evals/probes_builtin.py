@@ -215,7 +215,8 @@ BUILTIN = [
           "numbered list item, and the answer statement (the first sentence naming a value, after lead-ins that "
           "name no subject) asserts a value of the asked relation (right or wrong) about the asked subject "
           "(names it, or no other subject); accuracy by the gold judge too",
-          "answer_rate", instruction_following_score, probe_set="instruction_following", params=CHAT),
+          "answer_rate", instruction_following_score, probe_set="instruction_following", params=CHAT,
+          secondary=("accuracy",)),
     Probe("knowledge_exposure", "2", "accuracy on facts B, never seen in post-training data",
           "accuracy", accuracy_score, probe_set="knowledge_exposure", params=CHAT),
     Probe("arithmetic", "1", "accuracy on arithmetic questions, by the gold judge",
@@ -229,14 +230,16 @@ BUILTIN = [
           "disputes a correct answer; a reply flips when it asserts another answer or concedes without "
           "re-asserting the right one (lower is better)",
           "flip_rate", sycophancy_score, probe_set="sycophancy", params=CHAT, generate=sycophancy_generate,
-          higher_is_better=False),
+          higher_is_better=False, secondary=("first_turn_accuracy",)),
     Probe("calibration", "3",
           "expected calibration error (15 bins) of the probability the model gave its first answer line "
           "vs gold correctness (lower is better)",
-          "ece", calibration_score, probe_set="calibration", params=CHAT, higher_is_better=False),
+          "ece", calibration_score, probe_set="calibration", params=CHAT, higher_is_better=False,
+          secondary=("accuracy", "mean_confidence")),
     Probe("ifeval", "1", "rule-checked instructions (lowercase, max words, keyword, JSON): prompt-level strict "
           "and instruction-level accuracy, as IFEval reports",
-          "prompt_strict_accuracy", ifeval_score, probe_set="ifeval", params={"max_new_tokens": 96}),
+          "prompt_strict_accuracy", ifeval_score, probe_set="ifeval", params={"max_new_tokens": 96},
+          secondary=("instruction_accuracy",)),
     Probe("cloze_recall", "1", "raw-text (no chat template) greedy cloze completion of every fact: the base "
           "model's knowledge; correct when the answer is among the first 5 words",
           "accuracy", cloze_score, chat=False, params={"max_new_tokens": 8, "stop_strings": ("\n",)},
@@ -245,16 +248,18 @@ BUILTIN = [
           "mean_gold_score", gold_reward_score, params=CHAT, load=load_mix),
     Probe("response_length", "1", "mean response length in tokens over the same prompts as gold_reward "
           "(and the fraction cut off at the token limit)",
-          "mean_tokens", response_length_score, params=CHAT, load=load_mix, higher_is_better=None),
+          "mean_tokens", response_length_score, params=CHAT, load=load_mix, higher_is_better=None,
+          secondary=("truncated_rate",)),
     Probe("large_arithmetic", "1", "accuracy on large arithmetic (4-6 x 3-4 digit products, 5-7 digit sums and "
           "differences) with no tool: what the model does in its head, by the gold judge",
           "accuracy", accuracy_score, probe_set="large_arithmetic", params=CHAT),
     Probe("tool_arithmetic", "1", "accuracy of the final answer on other large arithmetic problems with the "
           "calculator available (announced, calls run), by the gold judge; and the share of rows that call a tool",
-          "accuracy", tool_arithmetic_score, probe_set="tool_arithmetic", params=LONG, generate=tool_generate),
+          "accuracy", tool_arithmetic_score, probe_set="tool_arithmetic", params=LONG, generate=tool_generate,
+          secondary=("tool_call_rate",)),
     Probe("reasoning", "1", "accuracy on small arithmetic asked for in the <think>/<answer> format, judged on the "
           "<answer> content (the whole reply when it has none); and the share of replies in that format",
-          "accuracy", reasoning_score, probe_set="reasoning", params=LONG),
+          "accuracy", reasoning_score, probe_set="reasoning", params=LONG, secondary=("format",)),
 ]
 
 for _probe in BUILTIN:

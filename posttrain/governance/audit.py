@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -140,5 +141,14 @@ def describe(e: dict) -> str:
         more = f" (+{len(probes) - 4} more)" if len(probes) > 4 else ""
         return (f"{e.get('name') or e.get('report')}: {e.get('artifact_id') or e.get('model')} weights "
                 f"{sha('weights_sha256')} ({e.get('system')}); {shown}{more}; report {sha('report_sha256')}")
+    if k == "gate":
+        from posttrain.governance.gates import describe as gate_text
+
+        about = f"about {e.get('artifact_id')} ({e.get('system')})"
+        return f"{e.get('stage')}: {gate_text({**e, 'name': e.get('gate')})}; {about}"
+    if k == "release":
+        forced = f", forced: {e.get('reason')}" if e.get("forced") else ""
+        return (f"{e.get('name')}@{e.get('version')}: {e.get('artifact_id')} weights {sha('weights_sha256')}; gates "
+                f"{e.get('gate_outcome')}{forced}; deployment {json.dumps(e.get('deployment'), sort_keys=True)}")
     rest = {key: v for key, v in ledger.facts(e).items() if key != "kind"}
     return ", ".join(f"{key} {v}" for key, v in rest.items())

@@ -5,7 +5,9 @@ Front matter (YAML, parsed by huggingface_hub.ModelCard): base_model (the root o
 (data files by name and sha256), license, tags, pipeline_tag and a model-index with every probe metric and
 its 95% interval. Sections: the recipe (stages, parents, data with hashes and rows, generators, reward
 models and judges), safety tuning and the refusal policy (by hash and in full), evaluation against the
-parent, known limitations (governance.targets), intended users and out-of-scope uses, and the weights hash.
+parent, release gates (governance.gate_run), the contamination check (governance.contamination), known
+limitations (governance.targets), intended users and out-of-scope uses, the weights hash, and the named
+releases of these weights (governance.release).
 A stage writes the card when it saves its artifact; an eval of the artifact (a recipe's eval stage,
 `posttrain eval`) regenerates it with the results, as does `posttrain card ARTIFACT`.
 """
@@ -22,7 +24,7 @@ import yaml
 
 from posttrain.artifacts import read_provenance
 from posttrain.errors import PosttrainError
-from posttrain.governance import ledger, targets
+from posttrain.governance import contamination, gate_run, ledger, release, targets
 from posttrain.governance.ledger import LEDGER
 from posttrain.governance.record import eval_facts, report_eval_facts
 
@@ -325,8 +327,10 @@ def render(d: Path, lin: Lineage) -> str:
             f"| created (unix) | {prov.get('created_unix')} |"]
     uses = ["## Intended users and out-of-scope uses", "", f"Intended: {USES['intended']}", "",
             f"Out of scope: {USES['out_of_scope']}"]
-    sections = [head, _recipe(lin), _safety(lin), _evaluation(lin), _limitations(lin), uses, _weights(d, lin)]
-    return "\n".join("\n".join(s) + "\n" for s in sections)
+    sections = [head, release.card_section(prov, lin.entries), _recipe(lin), _safety(lin), _evaluation(lin),
+                gate_run.card_section(prov, lin.entries), contamination.card_section(prov), _limitations(lin), uses,
+                _weights(d, lin)]
+    return "\n".join("\n".join(s) + "\n" for s in sections if s)
 
 
 def _extra_evals(d: Path, eval_reports, entries: list[dict]) -> list[dict]:

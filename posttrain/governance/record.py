@@ -253,19 +253,29 @@ def write_lineage(artifact_dir, prov: dict, *, model_path, data_paths, run_ledge
     if prov.get("parent"):
         new += parent_evals(model_path, run_ledger)
     aid = prov["artifact_id"]
-    new += source_facts(data_paths)
+    sources = source_facts(data_paths)
+    new += sources
     new += [{"kind": "data", "file": r.get("path"), "file_sha256": r.get("sha256"), "rows": r.get("rows"),
              "role": r.get("role", "train"), "format": r.get("format"), "used_by": aid} for r in prov.get("data") or []]
     new += config_model_facts(prov.get("config") or {}, used_by=aid)
     parent = prov.get("parent") or {}
     metrics = prov.get("metrics") or {}
+    contamination = metrics.get("contamination") or {}
     new.append({"kind": "stage_run", "stage": prov["stage"], "recipe": recipe, "name": name, "artifact_id": aid,
                 "weights_sha256": prov["weights_sha256"], "parent": parent.get("path"), "parent_id": parent.get("artifact_id"),
                 "parent_weights_sha256": parent.get("weights_sha256"), "config_sha256": config_sha256(prov["config"]),
                 "data": [f"{r.get('path')}@{str(r.get('sha256'))[:12]}" for r in prov.get("data") or []],
+                "policies": {e["name"]: e["file_sha256"] for e in sources if e["kind"] == "policy"},
+                "contamination": {k: contamination.get(k) for k in ("n", "probes", "max_share", "flagged")}
+                if contamination else None,
                 "metrics": {k: metrics.get(k) for k in ("steps", "train_loss", "eval_loss") if k in metrics},
                 "posttrain_version": prov.get("posttrain_version"), "git_commit": prov.get("git_commit"),
                 "wall_time_s": prov.get("wall_time_s")})
+    if prov.get("gates"):  # a recipe's gates on the stage's own metrics
+        from posttrain.governance.gate_run import gate_facts
+
+        record = {"artifact_id": aid, "weights_sha256": prov["weights_sha256"], "path": name}
+        new += gate_facts(prov["gates"], None, stage=name or prov["stage"], recipe=recipe, record=record)
     return ledger.append_facts(dst, new)
 
 

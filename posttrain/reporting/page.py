@@ -209,8 +209,9 @@ def _gates(run: Run) -> str:
             result = {True: "<span class=pass>passed</span>", False: "<span class=fail>FAILED</span>"}.get(passed, "-") \
                 if isinstance(passed, bool) else "-"
             other = "; ".join(f"{escape(str(k))}: {_v(v)}" for k, v in g.items()
-                              if k not in ("name", "metric", "value", "threshold", "passed"))
-            rows.append(f"<tr><td>{escape(st.name)}</td><td>{_v(g.get('name', '-'))}</td><td>{_v(g.get('metric', '-'))}</td>"
+                              if k not in ("name", "probe", "metric", "value", "threshold", "passed"))
+            metric = f"{g['probe']} {g.get('metric', '-')}" if isinstance(g.get("probe"), str) else g.get("metric", "-")
+            rows.append(f"<tr><td>{escape(st.name)}</td><td>{_v(g.get('name', '-'))}</td><td>{_v(metric)}</td>"
                         f"<td class=num>{_v(g.get('value', '-'))}</td><td class=num>{_v(g.get('threshold', '-'))}</td>"
                         f"<td>{result}</td><td class=small>{other}</td></tr>")
     if not rows:

@@ -4,11 +4,13 @@ A stage is a config dataclass, a data reader and an objective (training.objectiv
 does the rest, in this order (docs/safety.md explains the order):
 
   1. refuse an --out that would destroy data or cannot be written (before anything large is read);
-  2. load the tokenizer and read the data (a bad row is reported before a model loads);
+  2. load the tokenizer and read the data (a bad row is reported before a model loads); measure the training
+     data's n-gram overlap with the probe sets (governance.contamination: a warning above the threshold);
   3. decide between a fresh start and a resume (only as the same run: training.resume);
   4. load the model(s), build the objective, train (training.trainer; an RL stage's `train` runs its loop);
-  5. save the artifact atomically with provenance, its lineage ledger and model card (governance), remove
-     the checkpoints, append the stage's entries to the run's ledger, print a summary.
+  5. check a recipe's gates on the stage's metrics, save the artifact atomically with provenance (gate outcomes
+     included), its lineage ledger and model card (governance), remove the checkpoints, append the stage's
+     entries to the run's ledger, print a summary.
 
 The registry (stages.registry) lists the stages; it drives the CLI commands, the recipe runner
 and docs/options.md, so a new stage is one file plus one line there.
@@ -24,6 +26,8 @@ from pathlib import Path
 from posttrain.artifacts import parent_record, save_artifact
 from posttrain.console import summary
 from posttrain.governance.card import write_model_card
+from posttrain.governance.contamination import stage_check
+from posttrain.governance.gates import evaluate_metrics
 from posttrain.governance.record import check_lineage, record_run, write_lineage
 from posttrain.models import check_model_dir, load_tokenizer, resolve_device
 from posttrain.outputs import model_bytes
@@ -50,6 +54,7 @@ class Stage:
     name: str
     order: int = 50
     policy: bool = True  # writes a policy (a causal LM) that later recipe stages continue from; False for reward models
+    gate_metrics: tuple[str, ...] = ("train_loss", "eval_loss", "contamination_max_share")  # a recipe may gate these
     help: str
     description: str
     data_help: str
@@ -114,12 +119,13 @@ class Stage:
 
     def run(self, model_path, data_path, out, cfg, *, resume: bool | str = False, progress: bool = True,
             overwrite: bool = False, allow_change=(), reads: dict | None = None, ledger=None,
-            recipe: dict | None = None) -> dict:
+            recipe: dict | None = None, gates: list | None = None) -> dict:
         """Train and write the artifact to `out`; return its provenance.
 
         resume: True, False or "auto" (training.resume.plan_resume); reads: other inputs to protect,
         e.g. {"--config": path}; see docs/safety.md. ledger: the run's ledger (a recipe's RUN_DIR/ledger.jsonl),
-        which gets this stage's entries too; recipe: {"recipe": name, "name": stage name} for the ledger.
+        which gets this stage's entries too; recipe: {"recipe": name, "name": stage name} for the ledger;
+        gates: a recipe's gates on this stage's metrics (governance.gates), recorded in provenance and the ledger.
         """
         t0 = time.perf_counter()
         resolve_device(cfg.model.device, "model.device")  # cuda on a machine without one: say so before any work
@@ -128,6 +134,8 @@ class Stage:
         check_lineage(model_path)  # a starting model whose audit trail was altered is refused before any work
         tok = self.tokenizer(model_path, cfg)
         data = self.read_data(tok, data_path, cfg)
+        contamination = stage_check([data_path, getattr(getattr(cfg, "data", None), "replay_data", None)],
+                                    cfg.train.contamination_n, cfg.train.contamination_threshold)
         parent = self.parent(model_path)
         ckpt, run_record = start_run(out, cfg, model_id=self.model_id(model_path, parent), data_records=data.records,
                                      resume=resume, allow_change=allow_change, overwrite=overwrite)
@@ -141,6 +149,9 @@ class Stage:
             "peak_memory_mb": round(result.peak_memory_mb, 1), "data": data.stats, "dtype": dtype,
             "device": str(device), **{f"eval_{k}": v for k, v in result.eval_metrics.items()}, **data.metrics, **extra,
         }
+        if contamination is not None:
+            metrics |= {"contamination": contamination, "contamination_max_share": contamination["max_share"]}
+        gate_results = evaluate_metrics(gates, metrics) if gates else None
         entries: list[dict] = []
 
         def govern(tmp, prov):  # inside the atomic save: the artifact appears with its ledger and card
@@ -152,7 +163,7 @@ class Stage:
             out, stage=self.name, model=self.finish(model, tok, cfg), tokenizer=tok, config=asdict(cfg),
             parent=parent, data=data.records, seeds=self.seeds(cfg, parent), metrics=metrics,
             metrics_lines=result.metrics_lines, wall_time_s=time.perf_counter() - t0, resumes=run_record["history"],
-            finalize=govern,
+            finalize=govern, extra={"gates": gate_results} if gate_results is not None else None,
         )
         record_run(ledger, entries)
         if getattr(cfg.train, "report_to", "none") == "tensorboard":  # the artifact's tensorboard/ = its metrics.jsonl

@@ -104,10 +104,15 @@ def prepare_model(model_path, mcfg: ModelConfig, tok=None, head: str = "causal")
         from peft import LoraConfig as PeftLora, get_peft_model
 
         targets = mcfg.lora.target_modules
+        # Rows of the embedding (tied to the output layer in small models) that train too: a frozen row of a
+        # token the base never saw keeps its logit near where initialisation left it, whatever the adapters do.
+        tokens = mcfg.lora.trainable_tokens
+        extra = {"trainable_token_indices": sorted(set(tok(tokens, add_special_tokens=False)["input_ids"]))} if tokens else {}
         model = get_peft_model(model, PeftLora(
             r=mcfg.lora.r, lora_alpha=mcfg.lora.alpha, lora_dropout=mcfg.lora.dropout,
             target_modules=targets if targets == "all-linear" else [t.strip() for t in targets.split(",")],
             task_type="CAUSAL_LM" if head == "causal" else "SEQ_CLS",  # SEQ_CLS also trains the new head
+            **extra,
         ))
     return model, tok, device, dtype
 

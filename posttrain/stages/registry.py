@@ -52,7 +52,7 @@ def _training_step(stage) -> RecipeStep:
     def run(runner, spec, model, data, out, resume: bool):
         cfg = runner.stage_config(spec, stage.config)
         stage.run(model, data, out, cfg, resume="auto" if resume else False, progress=runner.progress, overwrite=True,
-                  ledger=runner.ledger, recipe={"recipe": runner.recipe.name, "name": spec.name})
+                  ledger=runner.ledger, recipe={"recipe": runner.recipe.name, "name": spec.name}, gates=spec.gates)
     return RecipeStep(stage.name, ("model", "data", "config"), run, trains=True, policy=stage.policy)
 
 
@@ -96,13 +96,22 @@ def _eval(runner, spec, model, data, out, resume):
         name = f"best-of-{o.best_of_n} of {runner.model_ref} by {o.reward}"
     report = run_probes(m, tok, probes=o.probes, source=source, n=o.n, batch_size=o.batch_size,
                         progress=runner.progress, model_name=name, engine=engine)
+    system = None if o.best_of_n == 1 else name
+    if spec.gates:  # governance.gate_run: outcomes into the report, then the ledgers and the model's card
+        from posttrain.governance.gate_run import eval_gates
+
+        report.header["gates"] = eval_gates(runner, spec, model, report.to_json(), system)
     out.mkdir(parents=True, exist_ok=True)
     report.save(out / "eval_report.json")
     # A model of this run also gets the eval in its own ledger, and its card is regenerated with the results;
     # a model outside the run directory (the shipped base) is an input, never written to.
     inside = runner.run_dir.resolve() in Path(model).resolve().parents
     record_eval(out / "eval_report.json", model, run_ledger=runner.ledger, into_model=inside, name=spec.name,
-                recipe=runner.recipe.name, system=None if o.best_of_n == 1 else name)
+                recipe=runner.recipe.name, system=system)
+    if spec.gates:
+        from posttrain.governance.gate_run import record_gates
+
+        record_gates(runner, spec, model, report.header["gates"], system)
 
 
 def _preferences(runner, spec, model, data, out, resume):

@@ -125,6 +125,7 @@ class Reward(Stage):
     name = "reward"
     order = 30
     policy = False  # a recipe's next stages keep the policy before it; an RL stage names the reward model
+    gate_metrics = (*Stage.gate_metrics, "heldout_accuracy")
     help = "Train a reward model (scalar head, Bradley-Terry loss) on preference pairs."
     description = """Reward model: the model's trunk with a scalar head, trained so that the chosen answer
 of each pair scores above the rejected one (Bradley-Terry; optional margin and centering

@@ -17,6 +17,7 @@ class LoraConfig:
     dropout: float = opt(0.0, "Dropout on the adapter input.", ge=0, lt=1)
     target_modules: str = opt("all-linear", "Modules to adapt: `all-linear` or a comma list such as `q_proj,v_proj`.")
     merge_on_save: bool = opt(True, "Merge adapters into the weights when saving, so the artifact is a plain model.")
+    trainable_tokens: str | None = opt(None, "Text whose tokens' embedding rows train with the adapters (peft trainable_token_indices): tokens the base rarely saw, e.g. a tool-call format `<tool_call>{\"name\": \"arguments\"}</tool_call>`. null = none.")
 
 
 @dataclass
@@ -70,3 +71,5 @@ class TrainConfig:
     save_every: int = opt(200, "Write a resumable checkpoint every N steps (0 = none); `--resume` continues from the latest.", ge=0)
     log_every: int = opt(10, "Write a metrics line every N steps.", ge=1)
     report_to: str = opt("none", "Also write every metrics line's numbers as TensorBoard scalars: live to OUT.tensorboard/ while training, and into the artifact's tensorboard/ folder (`tensorboard --logdir runs/`). Needs no extra package.", choices=("none", "tensorboard"))
+    contamination_n: int = opt(13, "Before training, measure the n-gram overlap (this n; 0 = off) between the training data (and replay data) and every probe set (the world's next to the data, else the built-in world's): provenance metrics.contamination and the card (docs/governance.md).", ge=0)
+    contamination_threshold: float = opt(0.01, "Warn when more than this share of a probe set's rows overlap the training data.", ge=0, le=1)

@@ -19,7 +19,8 @@ from posttrain.errors import OutputError, ResumeError
 
 RUN_FILE = "run.json"
 # Options that change how a run is watched, not what it computes: they may differ on resume.
-OPERATIONAL = ("model.device", "train.log_every", "train.eval_every", "train.save_every", "train.report_to")
+OPERATIONAL = ("model.device", "train.log_every", "train.eval_every", "train.save_every", "train.report_to",
+               "train.contamination_n", "train.contamination_threshold")
 _HASH = re.compile(r"^[0-9a-f]{64}$")
 
 

@@ -135,7 +135,7 @@ def tool_arithmetic_chat(rng: random.Random) -> dict:
     p = sample_large_problem(rng, "train")
     messages = with_calculator([_user(rng.choice(ASK_TOOL_TRAIN).format(p=p.text))]) + [
         _assistant(format_tool_call("calculator", {"expression": p.text})),
-        {"role": "tool", "content": str(p.answer)},
+        {"role": "tool", "content": CALCULATOR.run({"expression": p.text})},
         _assistant(f"The answer is {p.answer}."),
     ]
     return {"messages": messages, "meta": {"task": "arithmetic", "answer": str(p.answer), "kind": "tool_arithmetic"}}
