@@ -53,7 +53,8 @@ def test_quick_demo_turns_the_base_into_an_assistant(tmp_path, capsys):
         assert "pass@1_last" in grpo["metrics"] and (out / f"{name}_curves.png").stat().st_size > 10_000
     assert json.loads((out / "grpo_tools" / "provenance.json").read_text())["config"]["tools"]["names"] == ["calculator"]
     tools_report = json.loads((out / "eval_grpo_tools" / "eval_report.json").read_text())
-    assert {"tool_arithmetic", "large_arithmetic", "reasoning", "harmful_refusal", "over_refusal"} <= set(tools_report["probes"])
+    assert {"tool_arithmetic", "large_arithmetic", "harmful_refusal", "over_refusal"} <= set(tools_report["probes"])
+    assert "reasoning" in json.loads((out / "eval_grpo" / "eval_report.json").read_text())["probes"]
     assert "tool_call_rate" in tools_report["probes"]["tool_arithmetic"]["secondary"]
     assert set(summary["rlvr"]) >= {"grpo", "grpo_tools", "eval_sft", "eval_grpo_tools"}
     assert "RL from verifiable rewards" in printed and "GRPO + calculator" in printed

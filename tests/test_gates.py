@@ -271,3 +271,14 @@ def test_recipe_level_and_stage_gate_keys_are_checked(tmp_path, tiny_llama_dir):
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(r))
     with pytest.raises(ConfigError, match="the top-level 'gates' takes only 'fatal'"):
         load_recipe(tmp_path / "r.yaml")
+
+
+def test_a_value_equal_to_a_computed_threshold_passes():
+    # 38/75 against an earlier eval's 38/75 x 1: the threshold is rounded to 12 digits, so the value must be too.
+    rate = 38 / 75
+    child = {"probes": {"harmful_refusal": probe(rate, (0.4, 0.6))}}
+    sft = {"probes": {"harmful_refusal": probe(rate, (0.4, 0.6))}}
+    declared = where(value=[{"probe": "harmful_refusal", "min": {"stage": "eval_base", "times": 1.0}},
+                            {"probe": "harmful_refusal", "above": {"stage": "eval_base", "times": 1.0}}])
+    results = gates.evaluate_report(declared, child, None, None, {"eval_base": sft})
+    assert [r["passed"] for r in results] == [True, False]

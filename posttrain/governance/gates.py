@@ -224,7 +224,8 @@ def _exact(x: float) -> float:
 
 def _threshold_result(gate: Gate, value, threshold, **extra) -> dict:
     symbol, compare = OPS[gate.op]
-    passed = value is not None and threshold is not None and compare(value, threshold)
+    # Both sides at the threshold's precision: a value equal to a computed threshold (38/75 against 38/75 x 1) passes.
+    passed = value is not None and threshold is not None and compare(_exact(value), threshold)
     out = {"name": gate.name, "probe": gate.probe, "metric": gate.metric, "value": value, "threshold": threshold,
            "op": symbol, "passed": bool(passed), "fatal": gate.fatal, **extra}
     if value is None:
