@@ -22,13 +22,10 @@ the model as text beginning "error:".
 from __future__ import annotations
 
 import ast
-import importlib
 import json
 import math
 import operator
-import os
 import re
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -153,18 +150,10 @@ def resolve_tools(names) -> list[Tool]:
 
 
 def _user_tool(spec: str) -> Tool:
+    from posttrain.grading.verifiers import import_user_module
+
     module_name, _, attr = spec.partition(":")
-    added = os.getcwd() not in sys.path
-    if added:
-        sys.path.insert(0, os.getcwd())
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as e:
-        raise ConfigError(f"tool '{spec}': cannot import module '{module_name}' ({type(e).__name__}: {e}). Put "
-                          f"{module_name.replace('.', '/')}.py in the current directory or on PYTHONPATH.") from e
-    finally:
-        if added:
-            sys.path.remove(os.getcwd())
+    module = import_user_module(f"tool '{spec}'", module_name)
     fn = getattr(module, attr, None)
     if not callable(fn):
         raise ConfigError(f"tool '{spec}': module '{module_name}' has no function '{attr}'. Define "

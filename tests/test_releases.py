@@ -56,7 +56,7 @@ def test_a_release_is_recorded_in_the_registry_the_ledger_and_the_card(models, t
                  "--system-prompt", "You answer questions about the world.", "--set", "generation.temperature=0.7",
                  "--set", "generation.max_new_tokens=64"]) == 0
     out = capsys.readouterr().out
-    assert f"released world-assistant@1.0: {prov['artifact_id']} (weights sha256 {prov['weights_sha256']}), gates passed (1/1)" in out
+    assert f"released world-assistant@1.0: {prov['artifact_id']} (weights sha256 {prov['weights_sha256']}), gates passed (1 of 1 passed)" in out
     [row] = rows(registry)
     assert (row["artifact_id"], row["weights_sha256"], row["artifact_path"]) == (prov["artifact_id"], prov["weights_sha256"], str(a))
     assert (row["gate_outcome"], row["forced"], row["reason"]) == ("passed", False, None)

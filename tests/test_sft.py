@@ -120,6 +120,20 @@ def test_lora_trains_and_merges(tiny_llama_dir, chat_file, tmp_path):
     assert any(not torch.equal(w[k], base[k]) for k in base if "proj" in k)
 
 
+def test_lora_trainable_tokens_train_exactly_those_embedding_rows(tiny_llama_dir, chat_file, tmp_path):
+    from posttrain.models import load_tokenizer
+
+    text = "<|im_end|>"
+    c = cfg(**{"train.max_steps": 3, "train.lr": 1e-2, "model.lora.enabled": True, "model.lora.r": 4,
+               "model.lora.trainable_tokens": text})
+    run_sft(tiny_llama_dir, chat_file, tmp_path / "lora", c, progress=False)
+    ids = set(load_tokenizer(tiny_llama_dir)(text, add_special_tokens=False)["input_ids"])
+    key = next(k for k in weights(tiny_llama_dir) if "embed_tokens" in k)
+    before, after = weights(tiny_llama_dir)[key], weights(tmp_path / "lora")[key]
+    changed = {i for i in range(before.shape[0]) if not torch.equal(before[i], after[i])}
+    assert changed == ids  # the listed tokens' rows moved, and no other row did
+
+
 def test_unmerged_lora_artifact_loads_on_its_parent_with_peft_and_in_posttrain(tiny_llama_dir, chat_file, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM

@@ -68,7 +68,7 @@ def _deployment(dep: dict) -> str:
 def _release_line(e: dict) -> str:
     gates = e.get("gates") or {}
     outcome = e.get("gate_outcome") or gates.get("outcome")
-    counted = f" ({gates.get('passed')}/{gates.get('total')})" if gates.get("total") else ""
+    counted = f" ({gates.get('passed')} of {gates.get('total')} passed)" if gates.get("total") else ""
     forced = f"; FORCED: {e.get('reason')}" if e.get("forced") else ""
     return (f"release {e.get('name')}@{e.get('version')} at {e.get('released_utc')}: weights sha256 "
             f"{e.get('weights_sha256')}, gates {outcome}{counted}{forced}\n      deployment: "

@@ -165,7 +165,7 @@ def release(artifact, name: str, version: str, *, registry: Path, force: bool = 
     elif gates["outcome"] == "none":
         notice(f"{artifact} has no recorded release gates (declare `gates:` on the recipe's eval stages)")
     say(f"released {name}@{version}: {prov['artifact_id']} (weights sha256 {prov['weights_sha256']}), gates "
-        f"{gates['outcome']}" + (f" ({gates['passed']}/{gates['total']})" if gates["total"] else "") +
+        f"{gates['outcome']}" + (f" ({gates['passed']} of {gates['total']} passed)" if gates["total"] else "") +
         f"; registry {registry}")
     return row
 

@@ -34,9 +34,8 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from posttrain.artifacts import data_record
 from posttrain.config import opt
-from posttrain.data.chat import ensure_chat_template, render_generation_prompt, stop_generation_at_end_of_turn
+from posttrain.data.chat import ensure_chat_template, stop_generation_at_end_of_turn
 from posttrain.data.prompts import read_prompts
 from posttrain.errors import ConfigError, DataError
 from posttrain.grading.verifiers import get_verifier, run_verifier
@@ -45,13 +44,12 @@ from posttrain.losses_grpo import (
     rloo_advantages, zero_variance_groups,
 )
 from posttrain.modeling.forward import policy_outputs
-from posttrain.models import load_model
 from posttrain.rewards import check_reward_spec
 from posttrain.rollouts import Rollout, rollout_batch, unflatten
 from posttrain.stages.base import Stage, StageData
-from posttrain.stages.common import checkpoint_dir, finalize_model, prepare_model, split_rows
+from posttrain.stages.common import checkpoint_dir, finalize_model, prepare_model
 from posttrain.stages.guard import resume_trainer
-from posttrain.stages.ppo import PromptDataConfig, TrackOptions
+from posttrain.stages.ppo import PromptDataConfig, TrackOptions, prompt_stage_data, reference_policy
 from posttrain.stages.rl_loop import ActorCritic, RLLoop, _mean
 from posttrain.training.config import ModelConfig, TrainConfig
 
@@ -209,17 +207,7 @@ All options: docs/options.md (section grpo)."""
             for name in names:
                 get_verifier(name)  # an unknown name or a broken module:function stops here, before any training
         _tool_names(rows, cfg)  # likewise for tools
-        records = [data_record(data_path, len(rows)) | {"role": "train"}]
-        length = lambda r: len(tok(render_generation_prompt(tok, r.messages), add_special_tokens=False)["input_ids"])  # noqa: E731
-        kept = [r for r in rows if length(r) <= cfg.data.max_prompt_length]
-        train, held = split_rows(kept, cfg.data.eval_fraction, cfg.train.seed)
-        if not train:
-            raise ConfigError(f"{data_path}: no prompt is left to train on ({len(rows)} read, {len(rows) - len(kept)} "
-                              f"longer than data.max_prompt_length={cfg.data.max_prompt_length}).")
-        stats = {"prompts": len(train), "held_out_prompts": len(held), "dropped_too_long": len(rows) - len(kept)}
-        return StageData(train, held, records, stats=stats, metrics={"chat_template": template},
-                         summary={"prompts": len(train), "held-out prompts": len(held),
-                                  "dropped (too long)": len(rows) - len(kept)})
+        return prompt_stage_data(tok, data_path, cfg, rows, template)
 
     def load(self, model_path, cfg: GRPOConfig, tok):
         policy, _, device, dtype = prepare_model(model_path, cfg.model, tok)
@@ -245,12 +233,7 @@ All options: docs/options.md (section grpo)."""
 
         # The reference serves the KL term (beta) and the KL of the held-out tracking; with LoRA it is the
         # same weights with the adapters off, else a frozen copy (track.every=0 and beta=0 spare its memory).
-        ref, wanted = None, cfg.rl.beta > 0 or cfg.track.every > 0
-        if wanted and cfg.rl.ref_model:
-            ref = load_model(cfg.rl.ref_model, device, cfg.model.trust_remote_code).eval().requires_grad_(False)
-        elif wanted and not cfg.model.lora.enabled:
-            import copy
-            ref = copy.deepcopy(model.policy).eval().requires_grad_(False)
+        ref = reference_policy(cfg, model.policy, device, wanted=cfg.rl.beta > 0 or cfg.track.every > 0)
         objective = GRPOObjective(tok.pad_token_id, cfg.rl, cfg.rollout.temperature, cfg.rollout.max_new_tokens,
                                   self.annotations(cfg))
         iterations = cfg.train.max_steps if cfg.train.max_steps > 0 else max(

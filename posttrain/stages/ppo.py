@@ -184,18 +184,7 @@ All options: docs/options.md (section ppo)."""
                               "(posttrain reward), `gold` or module:function, e.g. --set reward.model=runs/reward.")
         check_reward_spec(cfg.reward.model)
         template = ensure_chat_template(tok, cfg.data.chat_template)
-        rows = read_prompts(data_path, cfg.data.limit)
-        records = [data_record(data_path, len(rows)) | {"role": "train"}]
-        length = lambda r: len(tok(render_generation_prompt(tok, r.messages), add_special_tokens=False)["input_ids"])  # noqa: E731
-        kept = [r for r in rows if length(r) <= cfg.data.max_prompt_length]
-        train, held = split_rows(kept, cfg.data.eval_fraction, cfg.train.seed)
-        if not train:
-            raise ConfigError(f"{data_path}: no prompt is left to train on ({len(rows)} read, {len(rows) - len(kept)} "
-                              f"longer than data.max_prompt_length={cfg.data.max_prompt_length}).")
-        stats = {"prompts": len(train), "held_out_prompts": len(held), "dropped_too_long": len(rows) - len(kept)}
-        return StageData(train, held, records, stats=stats, metrics={"chat_template": template},
-                         summary={"prompts": len(train), "held-out prompts": len(held),
-                                  "dropped (too long)": len(rows) - len(kept)})
+        return prompt_stage_data(tok, data_path, cfg, read_prompts(data_path, cfg.data.limit), template)
 
     def load(self, model_path, cfg: PPOConfig, tok):
         policy, _, device, dtype = prepare_model(model_path, cfg.model, tok)
@@ -215,12 +204,7 @@ All options: docs/options.md (section ppo)."""
               run_record, progress: bool):
         from posttrain.training.trainer import Trainer
 
-        ref = None
-        if cfg.rl.ref_model:
-            ref = load_model(cfg.rl.ref_model, device, cfg.model.trust_remote_code).eval().requires_grad_(False)
-        elif not cfg.model.lora.enabled:
-            import copy
-            ref = copy.deepcopy(model.policy).eval().requires_grad_(False)
+        ref = reference_policy(cfg, model.policy, device)
         objective = PPOObjective(tok.pad_token_id, cfg.rl, cfg.rollout.temperature)
         iterations = cfg.train.max_steps if cfg.train.max_steps > 0 else max(
             1, math.ceil(cfg.train.epochs * len(data.train) / cfg.rollout.prompts_per_step))
@@ -286,6 +270,32 @@ All options: docs/options.md (section ppo)."""
         o = loop.cfg.rl
         if o.kl_target is not None:
             loop.kl_coef = adaptive_kl_coef(loop.kl_coef, kl, o.kl_target, o.kl_horizon, n)
+
+
+def prompt_stage_data(tok, data_path, cfg, rows, template: str) -> StageData:
+    """An RL stage's prompts: those that fit data.max_prompt_length, a seeded held-out share for tracking."""
+    records = [data_record(data_path, len(rows)) | {"role": "train"}]
+    length = lambda r: len(tok(render_generation_prompt(tok, r.messages), add_special_tokens=False)["input_ids"])  # noqa: E731
+    kept = [r for r in rows if length(r) <= cfg.data.max_prompt_length]
+    train, held = split_rows(kept, cfg.data.eval_fraction, cfg.train.seed)
+    if not train:
+        raise ConfigError(f"{data_path}: no prompt is left to train on ({len(rows)} read, {len(rows) - len(kept)} "
+                          f"longer than data.max_prompt_length={cfg.data.max_prompt_length}).")
+    stats = {"prompts": len(train), "held_out_prompts": len(held), "dropped_too_long": len(rows) - len(kept)}
+    return StageData(train, held, records, stats=stats, metrics={"chat_template": template},
+                     summary={"prompts": len(train), "held-out prompts": len(held),
+                              "dropped (too long)": len(rows) - len(kept)})
+
+
+def reference_policy(cfg, policy, device, wanted: bool = True):
+    """The frozen reference: rl.ref_model, else a copy of the starting policy; None with LoRA (adapters off) or
+    when not wanted."""
+    if wanted and cfg.rl.ref_model:
+        return load_model(cfg.rl.ref_model, device, cfg.model.trust_remote_code).eval().requires_grad_(False)
+    if wanted and not cfg.model.lora.enabled:
+        import copy
+        return copy.deepcopy(policy).eval().requires_grad_(False)
+    return None
 
 
 def _is_dir(spec: str | None) -> bool:

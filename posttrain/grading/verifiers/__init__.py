@@ -64,21 +64,7 @@ def get_verifier(name_or_spec: str | Verifier) -> Verifier:
             "'module:function', e.g. 'my_rewards:exact_match' for a function in ./my_rewards.py."
         )
     module_name, _, attr = spec.partition(":")
-    # The current directory is searched too, so a verifier file next to the recipe just works.
-    added = os.getcwd() not in sys.path
-    if added:
-        sys.path.insert(0, os.getcwd())
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as e:  # an error inside the user's module is as fatal as a missing one
-        raise ConfigError(
-            f"verifier '{spec}': cannot import module '{module_name}' ({type(e).__name__}: {e}). Put "
-            f"{module_name.replace('.', '/')}.py in the current directory ({os.getcwd()}) or on PYTHONPATH, "
-            "and check that it imports on its own."
-        ) from e
-    finally:
-        if added:
-            sys.path.remove(os.getcwd())
+    module = import_user_module(f"verifier '{spec}'", module_name)
     fn = getattr(module, attr, None)
     if not callable(fn):
         raise ConfigError(
@@ -86,6 +72,26 @@ def get_verifier(name_or_spec: str | Verifier) -> Verifier:
             f"'{attr}'. Define `def {attr}(response: str, spec: dict) -> VerifierResult` there."
         )
     return fn
+
+
+def import_user_module(what: str, module_name: str):
+    """A user's module for `what` (e.g. "verifier 'm:f'"), imported from the current directory or the Python
+    path; any failure is a ConfigError naming it. The current directory is searched too, so a file next
+    to the recipe just works."""
+    added = os.getcwd() not in sys.path
+    if added:
+        sys.path.insert(0, os.getcwd())
+    try:
+        return importlib.import_module(module_name)
+    except Exception as e:  # an error inside the user's module is as fatal as a missing one
+        raise ConfigError(
+            f"{what}: cannot import module '{module_name}' ({type(e).__name__}: {e}). Put "
+            f"{module_name.replace('.', '/')}.py in the current directory ({os.getcwd()}) or on PYTHONPATH, "
+            "and check that it imports on its own."
+        ) from e
+    finally:
+        if added:
+            sys.path.remove(os.getcwd())
 
 
 def run_verifier(fn: Verifier, response: str, spec: dict) -> tuple[VerifierResult, str | None]:
