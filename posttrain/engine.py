@@ -184,7 +184,9 @@ class Engine:
             prompts = [render_generation_prompt(self.tokenizer, *self.tools.prompt_messages(m)) for m in conversations]
         names = labels or [_excerpt(f"conversation {i}, last message", str(m[-1].get("content", "")) if m else "")
                            for i, m in enumerate(conversations)]
-        return self.generate(prompts, params, names, conversations=conversations if self.tools else None)
+        if self.tools is None:
+            return self.generate(prompts, params, names)
+        return self.generate(prompts, params, names, conversations=conversations)
 
     def encode_prompt(self, prompt: str) -> tuple[list[int], bool]:
         """(ids, whole): the prompt's token ids, or, for a prompt surely longer than the context, those of a

@@ -252,7 +252,7 @@ WORLD = {"name": "world", "stage": "world", "scale": 0.02}
 @pytest.mark.parametrize("entry,fragment", [
     ({"name": "ev", "stage": "eval", "model": "m", "prob": ["cloze_recall"]},
      "stage 'ev' (eval): unknown key 'prob'. Did you mean 'probes'? Allowed here: name, stage, model, probes, n, "
-     "source, batch_size, best_of_n, reward, temperature."),
+     "source, batch_size, best_of_n, reward, temperature, gates."),
     ({"name": "sft", "stage": "sft", "model": "m", "data": "d.jsonl", "confg": {"train": {"lr": 1e-3}}},
      "stage 'sft' (sft): unknown key 'confg'. Did you mean 'config'?"),
     ({"name": "w2", "stage": "world", "sed": 3}, "stage 'w2' (world): unknown key 'sed'. Did you mean 'seed'?"),
