@@ -172,9 +172,22 @@ _CALL = re.compile(re.escape(CALL_OPEN) + r"\s*(.*?)\s*" + re.escape(CALL_CLOSE)
 
 
 def find_tool_call(text: str) -> str | None:
-    """The body of the last complete <tool_call>...</tool_call> in a turn, or None."""
+    """The body of the last complete <tool_call>...</tool_call> in a turn, or None.
+
+    Without tags, a turn that is one JSON object naming a tool and its "parameters" or "arguments" is a
+    call too: Llama 3.1's format for custom tools (after an optional <|python_tag|>)."""
     bodies = _CALL.findall(text)
-    return bodies[-1] if bodies else None
+    if bodies:
+        return bodies[-1]
+    bare = text.strip().removeprefix("<|python_tag|>").strip()
+    if bare.startswith("{") and bare.endswith("}"):
+        try:
+            call = json.loads(bare)
+        except json.JSONDecodeError:
+            return None
+        if isinstance(call, dict) and isinstance(call.get("name"), str) and ({"parameters", "arguments"} & call.keys()):
+            return bare
+    return None
 
 
 def parse_tool_call(body: str) -> tuple[str, dict]:
@@ -185,7 +198,7 @@ def parse_tool_call(body: str) -> tuple[str, dict]:
         raise ValueError(f"the tool call is not JSON ({e.msg})") from None
     if not isinstance(call, dict) or not isinstance(call.get("name"), str):
         raise ValueError('a tool call is {"name": ..., "arguments": {...}}')
-    arguments = call.get("arguments", {})
+    arguments = call.get("arguments", call.get("parameters", {}))  # "parameters": Llama 3.1
     if isinstance(arguments, str):  # some models write the arguments as a JSON string
         try:
             arguments = json.loads(arguments)

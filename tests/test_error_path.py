@@ -302,3 +302,16 @@ def test_a_damaged_checkpoint_is_one_paragraph(interrupted, capsys):
     err = refused(capsys, argv + ["--resume"], f"--resume: the checkpoint {ckpt} cannot be loaded safely: it is "
                                                f"damaged or was not written by posttrain")
     assert "weights_only" not in err and not out.exists()
+
+
+def test_output_into_a_closed_pipe_ends_quietly():
+    """`posttrain config show sft | head -0`: the reader is gone before the table is written; no traceback."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "posttrain.cli", "config", "show", "sft"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # long before the interpreter has imported posttrain and printed anything
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0
+    assert "Traceback" not in err and "BrokenPipe" not in err, err

@@ -63,6 +63,28 @@ def test_tokenizer_has_single_chat_tokens_eos_pad_and_template(tokdir, capsys):
     assert prov["data"][0]["rows"] == 60 and prov["data"][0]["path"] == "corpus.jsonl"
 
 
+def test_split_digits_makes_every_digit_a_token_and_the_default_merges_them(tmp_path):
+    """--split-digits: a number is the same digit tokens after a space, a newline or '='; by default BPE
+    merges frequent digit runs."""
+    from transformers import AutoTokenizer
+
+    data = tmp_path / "numbers.jsonl"
+    data.write_text("".join(json.dumps({"text": "Total 4517 and 4517 again, 4517 = 4517.\n4517"}) + "\n" for _ in range(50)))
+    split, merged = tmp_path / "split", tmp_path / "merged"
+    assert main(["tokenizer", "train", "--data", str(data), "--out", str(split), "--vocab-size", "400",
+                 "--split-digits"]) == 0
+    assert main(["tokenizer", "train", "--data", str(data), "--out", str(merged), "--vocab-size", "400"]) == 0
+    tok = AutoTokenizer.from_pretrained(split)
+    digits = [tok.convert_tokens_to_ids(d) for d in "4517"]
+    for text in (" 4517", "\n4517", "=4517", "4517"):
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        assert ids[-4:] == digits and tok.decode(ids) == text, text
+    assert json.loads((split / "tokenizer_provenance.json").read_text())["split_digits"] is True
+    merged_ids = AutoTokenizer.from_pretrained(merged)(" 4517", add_special_tokens=False)["input_ids"]
+    assert len(merged_ids) < 4  # the frequent run was merged
+    assert json.loads((merged / "tokenizer_provenance.json").read_text())["split_digits"] is False
+
+
 def test_tokenizer_refuses_non_text_data(tmp_path, capsys):
     data = tmp_path / "chats.jsonl"
     data.write_text(json.dumps({"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]}) + "\n")

@@ -34,6 +34,14 @@ def test_a_call_round_trips_through_the_format_and_bad_calls_say_why():
         parse_tool_call('{"name": "calculator", "arguments": 3}')
 
 
+def test_llama_31_bare_json_calls_are_calls_and_other_json_is_not():
+    bare = '{"name": "calculator", "parameters": {"expression": "6 * 7"}}'
+    for text in (bare, f"  {bare}\n", f"<|python_tag|>{bare}"):
+        assert parse_tool_call(find_tool_call(text)) == ("calculator", {"expression": "6 * 7"})
+    for text in ('{"name": "Ostrel"}', '{"answer": 42}', "The call would be " + bare, "{not json}"):
+        assert find_tool_call(text) is None, text
+
+
 def test_the_runner_turns_every_failure_into_text_for_the_model(tiny_llama_dir):
     _, tok = load_model_and_tokenizer(tiny_llama_dir)
     runner = ToolRunner(resolve_tools(["calculator", "python"]), tok)

@@ -17,6 +17,8 @@ def add_arguments(parser):
     t.add_argument("--out", required=True, help="Tokenizer directory to write.")
     t.add_argument("--vocab-size", type=int, default=4096, help="Vocabulary size, special tokens included (default 4096).")
     t.add_argument("--min-frequency", type=int, default=2, help="Minimum pair frequency for a merge (default 2).")
+    t.add_argument("--split-digits", action="store_true",
+                   help="Every digit its own token, as in Llama and Qwen (default: BPE merges runs of digits).")
     t.add_argument("--overwrite", action="store_true", help="Replace an existing --out (never one holding the data).")
 
 
@@ -25,7 +27,9 @@ def run(args) -> int:
     from posttrain.stages.tokenizer import TokenizerConfig, train_tokenizer
 
     # the ranges of docs/options.md (recipe stage `tokenizer`): e.g. --vocab-size 100 is refused
-    opts = from_dict(TokenizerConfig, {"vocab_size": args.vocab_size, "min_frequency": args.min_frequency})
-    info = train_tokenizer(args.data, args.out, opts.vocab_size, opts.min_frequency, overwrite=args.overwrite)
+    opts = from_dict(TokenizerConfig, {"vocab_size": args.vocab_size, "min_frequency": args.min_frequency,
+                                         "split_digits": args.split_digits})
+    info = train_tokenizer(args.data, args.out, opts.vocab_size, opts.min_frequency, split_digits=opts.split_digits,
+                           overwrite=args.overwrite)
     print(f"tokenizer with {info['vocab_size']} tokens written to {args.out}")
     return 0

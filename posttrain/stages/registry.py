@@ -70,7 +70,7 @@ def _tokenizer(runner, spec, model, data, out, resume):
     from posttrain.stages.tokenizer import train_tokenizer
 
     o = spec.options
-    train_tokenizer(data, out, o.vocab_size, o.min_frequency, overwrite=True)
+    train_tokenizer(data, out, o.vocab_size, o.min_frequency, split_digits=o.split_digits, overwrite=True)
 
 
 def _eval(runner, spec, model, data, out, resume):

@@ -28,9 +28,13 @@ class TokenizerConfig:
     vocab_size: int = opt(4096, f"Vocabulary size, special tokens included (at least the {MIN_VOCAB} byte and special tokens).",
                           ge=MIN_VOCAB)
     min_frequency: int = opt(2, "Minimum count of a pair for a merge.", ge=1)
+    split_digits: bool = opt(False, "Every digit its own token, as in Llama and Qwen tokenizers: a number is the same digit "
+                                    "tokens whatever precedes it. false (the shipped base's tokenizer): BPE merges runs "
+                                    "of digits (' 263' one token).")
 
 
-def train_tokenizer(data_path, out, vocab_size: int = 4096, min_frequency: int = 2, *, overwrite: bool = False) -> dict:
+def train_tokenizer(data_path, out, vocab_size: int = 4096, min_frequency: int = 2, *, split_digits: bool = False,
+                    overwrite: bool = False) -> dict:
     """Train BPE on the `text` rows of `data_path`; save a transformers tokenizer with the ChatML template.
 
     An existing `out` is replaced only with overwrite=True, and never when it holds the data (docs/safety.md).
@@ -43,7 +47,9 @@ def train_tokenizer(data_path, out, vocab_size: int = 4096, min_frequency: int =
     check_output(out, inputs={"--data": data_path}, overwrite=overwrite)
     _, rows = load_dataset_rows(data_path, allowed=("text",))
     bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.pre_tokenizer = (pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+                         if split_digits else byte_level)
     bpe.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=SPECIAL_TOKENS,
@@ -59,7 +65,7 @@ def train_tokenizer(data_path, out, vocab_size: int = 4096, min_frequency: int =
         tok.save_pretrained(tmp)
         write_json_atomic(Path(tmp) / "tokenizer_provenance.json", {
             "stage": "tokenizer", "vocab_size": len(tok), "requested_vocab_size": vocab_size,
-            "min_frequency": min_frequency, "data": [data_record(data_path, len(rows))],
+            "min_frequency": min_frequency, "split_digits": split_digits, "data": [data_record(data_path, len(rows))],
             "special_tokens": SPECIAL_TOKENS,
         })
     return json.loads((Path(out) / "tokenizer_provenance.json").read_text())
