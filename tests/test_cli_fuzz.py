@@ -672,6 +672,10 @@ CASES = [
     Case("report-out-is-a-symlink-loop", "report $tmp/run --out $tmp/l", 2, "--out $tmp/l", (a_run(), loop("l"))),
     Case("report-out-is-a-fifo", "report $tmp/run --out $tmp/p", 2, "--out $tmp/p exists and is not a regular file",
          (a_run(), fifo("p")), hangs=True),
+    Case("sft-trainable_tokens_from-missing", f"{SFT} --set model.lora.enabled=true "
+         "--set model.lora.trainable_tokens_from=$tmp/corpus.jsonl", 2, ("model.lora.trainable_tokens_from", "corpus.jsonl")),
+    Case("sft-trainable_tokens_from-chats", f"{SFT} --set model.lora.enabled=true "
+         "--set model.lora.trainable_tokens_from=$chats", 2, ("model.lora.trainable_tokens_from", "'text'")),
     Case("sft-report_to-unknown", f"{SFT} --set train.report_to=wandb", 2, ("train.report_to", "tensorboard")),
     Case("sft-contamination_n-negative", f"{SFT} --set train.contamination_n=-1", 2,
          "train.contamination_n: -1 is out of range"),

@@ -134,6 +134,25 @@ def test_lora_trainable_tokens_train_exactly_those_embedding_rows(tiny_llama_dir
     assert changed == ids  # the listed tokens' rows moved, and no other row did
 
 
+def test_lora_trainable_tokens_from_a_corpus_train_the_rows_of_tokens_it_never_holds(tiny_llama_dir, chat_file, tmp_path):
+    from posttrain.models import load_tokenizer
+
+    tok = load_tokenizer(tiny_llama_dir)
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in ("the capital of the land", "a river runs")))
+    seen = {i for t in ("the capital of the land", "a river runs") for i in tok(t, add_special_tokens=False)["input_ids"]}
+    c = cfg(**{"train.max_steps": 3, "train.lr": 1e-2, "model.lora.enabled": True, "model.lora.r": 4,
+               "model.lora.trainable_tokens_from": str(corpus)})
+    run_sft(tiny_llama_dir, chat_file, tmp_path / "lora", c, progress=False)
+    key = next(k for k in weights(tiny_llama_dir) if "embed_tokens" in k)
+    before, after = weights(tiny_llama_dir)[key], weights(tmp_path / "lora")[key]
+    changed = {i for i in range(before.shape[0]) if not torch.equal(before[i], after[i])}
+    assert seen and not changed & seen  # the corpus's own tokens stay frozen
+    assert not changed & set(tok.all_special_ids)
+    used = {i for i in range(before.shape[0]) if i not in seen and i not in tok.all_special_ids}
+    assert changed and changed <= used  # only rows of tokens the corpus never holds moved
+
+
 def test_unmerged_lora_artifact_loads_on_its_parent_with_peft_and_in_posttrain(tiny_llama_dir, chat_file, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM

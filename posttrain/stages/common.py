@@ -107,7 +107,10 @@ def prepare_model(model_path, mcfg: ModelConfig, tok=None, head: str = "causal")
         # Rows of the embedding (tied to the output layer in small models) that train too: a frozen row of a
         # token the base never saw keeps its logit near where initialisation left it, whatever the adapters do.
         tokens = mcfg.lora.trainable_tokens
-        extra = {"trainable_token_indices": sorted(set(tok(tokens, add_special_tokens=False)["input_ids"]))} if tokens else {}
+        ids = set(tok(tokens, add_special_tokens=False)["input_ids"]) if tokens else set()
+        if mcfg.lora.trainable_tokens_from:
+            ids |= tokens_unseen_in(tok, mcfg.lora.trainable_tokens_from)
+        extra = {"trainable_token_indices": sorted(ids)} if ids else {}
         model = get_peft_model(model, PeftLora(
             r=mcfg.lora.r, lora_alpha=mcfg.lora.alpha, lora_dropout=mcfg.lora.dropout,
             target_modules=targets if targets == "all-linear" else [t.strip() for t in targets.split(",")],
@@ -115,6 +118,21 @@ def prepare_model(model_path, mcfg: ModelConfig, tok=None, head: str = "causal")
             **extra,
         ))
     return model, tok, device, dtype
+
+
+def tokens_unseen_in(tok, path) -> set[int]:
+    """Ids of the tokenizer's ordinary tokens that never occur in the text rows of `path` (a model's
+    pretraining data): their embedding rows never received a gradient as a target or an input."""
+    from posttrain.data.formats import load_dataset_rows
+    from posttrain.errors import ConfigError, PosttrainError
+
+    try:
+        _, rows = load_dataset_rows(path, allowed=("text",))
+    except PosttrainError as e:
+        raise ConfigError(f"model.lora.trainable_tokens_from: {e} It names the base's pretraining text: "
+                          "JSONL rows with a 'text' field.") from None
+    seen = {i for ids in tok([r.data["text"] for r in rows], add_special_tokens=False)["input_ids"] for i in ids}
+    return set(range(len(tok))) - seen - set(tok.all_special_ids)
 
 
 def finalize_model(model, mcfg: ModelConfig):
