@@ -308,6 +308,9 @@ CASES = [
     # --- where a stage writes: --out against its inputs and what already exists
     Case("out-is-the-data-file", "sft --model $model --data $tmp/d.jsonl --out $tmp/d.jsonl --overwrite", 2,
          "is the --data path itself", (chats(),)),
+    Case("out-is-the-trainable_tokens_from-file", "sft --model $model --data $chats --out $tmp/corpus.jsonl --overwrite "
+         "--set model.lora.enabled=true --set model.lora.trainable_tokens_from=$tmp/corpus.jsonl", 2,
+         "is the model.lora.trainable_tokens_from path itself", (put("corpus.jsonl", '{"text": "a river runs"}\n'),)),
     Case("out-contains-the-data", "sft --model $model --data $tmp/v/d.jsonl --out $tmp/v --overwrite", 2,
          "contains --data $tmp/v/d.jsonl", (chats("v/d.jsonl"), put("v/notes.txt", "mine"))),
     Case("out-inside-the-data", "sft --model $model --data $tmp/d.jsonl --out $tmp/d.jsonl/sub", 2,

@@ -33,6 +33,9 @@ def stage_inputs(model_path, data_path, cfg, reads: dict | None = None) -> dict:
     for key in ("eval_data", "replay_data"):
         if getattr(data, key, None):
             inputs[f"data.{key}"] = getattr(data, key)
+    lora = getattr(getattr(cfg, "model", None), "lora", None)
+    if getattr(lora, "trainable_tokens_from", None):
+        inputs["model.lora.trainable_tokens_from"] = lora.trainable_tokens_from
     template = getattr(data, "chat_template", None)
     if template and template not in ("auto", "own", "default"):
         inputs["data.chat_template"] = template
