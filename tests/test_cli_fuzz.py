@@ -500,6 +500,7 @@ CASES = [
     Case("world-out-is-dot", "world build --out . --scale 0.02 --probe-n 5", 2, "--out . is the current directory"),
     Case("world-scale-0", "world build --out $tmp/w --scale 0", 2, "scale: 0.0 is out of range"),
     Case("world-probe-n-0", "world build --out $tmp/w --probe-n 0", 2, "probe_n: 0 is out of range"),
+    Case("world-records-negative", "world build --out $tmp/w --records -3", 2, "records: -3 is out of range"),
     # --- resume and checkpoints
     Case("resume-without-checkpoint", f"{SFT} --resume", 2, "--resume: there is no checkpoint in $tmp/out.checkpoints"),
     *[Case(f"resume-changed-{key}", f"{SFT} --resume {change}", 2, ("was written by a different run", says),

@@ -315,3 +315,17 @@ def test_world_dir_facts_and_cloze_rows(tmp_path):
     rows = ProbeSource(world).cloze_rows(4)
     assert len(rows) == 4 and rows[0]["id"] == facts[0].id
     assert rows[0]["prompt"] == "The capital of France is" and rows[0]["meta"]["answer"] == "Paris"
+
+
+def test_copying_probe_scores_the_whole_value_at_the_start():
+    from posttrain.evals.probes_builtin import copy_score
+    from posttrain.world.records import copy_probe_rows
+
+    rows = copy_probe_rows(4)
+    assert [r["meta"]["answer"] in r["prompt"] for r in rows] == [True] * 4
+    code, name = rows[0]["meta"]["answer"], rows[1]["meta"]["answer"]
+    assert code.isdigit() and len(code) >= 6 and name.count(" ") == 1
+    texts = [f" {code}.", f" {name}, who", f" {code}7", f" the {name}"]  # right, right, a longer number, not first
+    result = copy_score([rows[0], rows[1], rows[0], rows[1]], [SimpleNamespace(text=t) for t in texts], None)
+    assert (result.value, result.n) == (0.5, 4)
+    assert copy_probe_rows(3) == copy_probe_rows(3) and copy_probe_rows(3, seed=1) != copy_probe_rows(3)

@@ -14,6 +14,7 @@ from posttrain.governance import ledger, targets
 from posttrain.governance.card import write_model_card
 from posttrain.governance.record import record_eval
 from posttrain.world.policies import CONSTITUTION, HAZARD_POLICY
+from posttrain.world.build import WORLD_VERSION
 
 SFT_SETS = ["--no-progress", "--set", "model.device=cpu", "--set", "model.dtype=fp32", "--set", "train.max_steps=1",
             "--set", "train.batch_size=4", "--set", "data.max_length=256"]
@@ -150,7 +151,7 @@ def test_a_stage_writes_its_lineage_ledger(lineage):
     start, base_eval, world, hazard, constitution, data, run = entries
     assert (start["name"], start["role"], start["weights_sha256"]) == ("base", "start", parent_record(base)["weights_sha256"])
     assert base_eval["probes"]["harmful_refusal"]["value"] == 0.9 and base_eval["weights_sha256"] == start["weights_sha256"]
-    assert (world["source"], world["generator"], world["seed"]) == ("posttrain world build", "world-2.1", 0)
+    assert (world["source"], world["generator"], world["seed"]) == ("posttrain world build", WORLD_VERSION, 0)
     assert (hazard["name"], hazard["text"], hazard["file_sha256"]) == (
         "hazard_policy", HAZARD_POLICY, sha256_file(root / "world" / "policy" / "hazard_policy.md"))
     assert constitution["text"] == CONSTITUTION

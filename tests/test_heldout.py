@@ -116,6 +116,21 @@ def test_no_large_probe_problem_or_answer_in_any_training_stream(world, streams)
     assert len({p for r in tool_sft for p in PROBLEM.findall(row_text(r))}) > 250  # the scan sees large problems
 
 
+def test_copying_probe_is_held_out(streams):
+    """The copying probe's cues, codes and invented names occur in no stream (its values are random, so a
+    model can only get them from the prompt)."""
+    from posttrain.world.records import COPY_PROBE, copy_probe_rows
+
+    rows = copy_probe_rows(150)
+    cues = {t.rsplit(". ", 1)[-1] for t, _ in COPY_PROBE}
+    values = {r["meta"]["answer"] for r in rows}
+    assert len(values) == 150 and len(cues) == len(COPY_PROBE)
+    for stream, docs in streams.items():
+        blob = "\n".join(docs)
+        assert not [c for c in cues if c in blob], stream
+        assert not [v for v in values if occurs(v, blob)][:3], stream
+
+
 def test_the_scan_would_catch_a_leak(world, streams):
     name, text = probe_texts(world)[0]
     leaked = streams["corpus.jsonl"][:5] + [f"Quiz\n1. {text}\n2. Next question?"]

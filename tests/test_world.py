@@ -401,3 +401,74 @@ def test_rlvr_tools_rows_are_large_train_problems_with_the_calculator(world):
         (p,) = _problems(r["prompt"][0]["content"])
         assert not is_probe_problem(p) and p.a >= 1000 and r["answer"] == r["meta"]["answer"] == str(p.answer)
     assert len({r["prompt"][0]["content"] for r in rows}) > 990
+
+
+# ---- record documents (copying) ----
+
+@pytest.fixture(scope="module")
+def records_world(tmp_path_factory):
+    out = tmp_path_factory.mktemp("records_world")
+    build_world(SEED, out, scale=0.05, records=800)
+    return out
+
+
+def test_records_are_opt_in_and_leave_the_other_documents_alone(records_world, corpus):
+    plain_world = records_world.parent / "plain_world"
+    build_world(SEED, plain_world, scale=0.05)
+    plain = [r["text"] for r in read_jsonl(plain_world / "corpus.jsonl")]
+    with_records = [r["text"] for r in read_jsonl(records_world / "corpus.jsonl")]
+    assert len(with_records) == len(plain) + 800 and set(plain) <= set(with_records)
+    assert not [d for d in corpus if d.startswith(("Order slip ", "Meter log, ", "Adding machine tape "))]
+    assert json.loads((records_world / "manifest.json").read_text())["records"] == 800
+
+
+def test_records_write_no_probe_answer(records_world):
+    answers = {r["meta"]["answer"] for p in (records_world / "probes").glob("*.jsonl") for r in read_jsonl(p)
+               if str(r["meta"].get("answer", "")).isdigit() and len(str(r["meta"]["answer"])) >= 5}
+    numbers = set(re.findall(r"\d+", (records_world / "corpus.jsonl").read_text()))
+    assert len(answers) > 100 and not answers & numbers
+
+
+def test_record_documents_repeat_what_they_introduce(records_world):
+    """Each record kind writes its invented values twice or more, so the second time is predictable only by
+    copying; the order slips write a number both after a space and inside JSON quotes."""
+    corpus = [r["text"] for r in read_jsonl(records_world / "corpus.jsonl")]
+    slips = [d for d in corpus if d.startswith("Order slip ")]
+    logs = [d for d in corpus if d.startswith("Meter log, ")]
+    tapes = [d for d in corpus if d.startswith("Adding machine tape ")]
+    notes = [d for d in corpus if " left a message for " in d]
+    assert min(len(slips), len(logs), len(tapes), len(notes)) == 200
+    for d in slips:
+        record = json.loads(d.split("Record: ", 1)[1].split("\n", 1)[0])
+        assert d.count(record["customer"]) >= 3 and f'"{record["code"]}"' in d and f" {record['code']}" in d
+        assert d.count(record["quantity"]) >= 3
+    for d in logs:
+        readings = re.findall(r"Reading \d+: (\d+)", d)
+        ledger = d.split("Copied to the ledger: ", 1)[1]
+        assert readings and all(r in ledger for r in readings)
+    for d in tapes:
+        typed = re.findall(r'Typed: "([^"]+)"', d)
+        assert typed and all(f"Printed: {t} = " in d for t in typed)
+        for t, printed in zip(typed, re.findall(r"Printed: .+ = (\d+)", d)):
+            a, op, b = PROBLEM.fullmatch(t).groups()
+            assert int(printed) == {"+": int(a) + int(b), "-": int(a) - int(b), "*": int(a) * int(b)}[op]
+            assert f"Carried forward: {printed}" in d
+    for d in notes:
+        phrase = d.split('"')[1]
+        assert d.count(f'"{phrase}"') == 2
+
+
+def test_record_documents_never_write_a_reserved_number():
+    """`reserved` (the probes' answers, in build_world) is honoured: the numbers an unreserved run writes are
+    all avoided when they are reserved."""
+    import random
+
+    from posttrain.world.records import record
+
+    rng = random.Random("r")
+    free = [record(rng, k) for k in range(200)]
+    written = frozenset(n for d in free for n in re.findall(r"\d+", d) if len(n) >= 5)
+    assert len(written) > 500
+    rng = random.Random("r")
+    held = [record(rng, k, written) for k in range(200)]
+    assert not written & {n for d in held for n in re.findall(r"\d+", d)}

@@ -144,6 +144,18 @@ def cloze_score(rows, completions, ctx) -> ProbeResult:
     return proportion_result("accuracy", flags)
 
 
+def copy_score(rows, completions, ctx) -> ProbeResult:
+    """Right when the continuation starts with the value the prompt introduced, whole (not a longer number
+    or name), whatever follows it."""
+    flags = [copied(c.text, r["meta"]["answer"]) for r, c in zip(rows, completions)]
+    return proportion_result("accuracy", flags)
+
+
+def copied(text: str, value: str) -> bool:
+    text = text.lstrip()
+    return text.startswith(value) and not text[len(value):len(value) + 1].isalnum()
+
+
 def answer_part(text: str) -> str:
     """The content of the reply's <answer></answer> when it has one, else the whole reply."""
     inside = think_format.answer_text(text)
@@ -244,6 +256,11 @@ BUILTIN = [
           "model's knowledge; correct when the answer is among the first 5 words",
           "accuracy", cloze_score, chat=False, params={"max_new_tokens": 8, "stop_strings": ("\n",)},
           load=lambda source, n: source.cloze_rows(n)),
+    Probe("copying", "1", "raw-text greedy continuation after a cue for an invented name or a random 6-7 digit "
+          "code the prompt gave once: in-context copying, which a calculator call needs; correct when the "
+          "continuation starts with the value, whole",
+          "accuracy", copy_score, chat=False, params={"max_new_tokens": 12, "stop_strings": ("\n",)},
+          load=lambda source, n: source.copy_rows(n)),
     Probe("gold_reward", "2", "mean gold-judge score over the prompts of " + ", ".join(MIX_SETS),
           "mean_gold_score", gold_reward_score, params=CHAT, load=load_mix),
     Probe("response_length", "1", "mean response length in tokens over the same prompts as gold_reward "

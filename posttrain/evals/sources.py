@@ -110,6 +110,12 @@ class ProbeSource:
             out.append(Fact(**{k: row[k] for k in ("id", "topic", "subject", "relation", "answer", "aliases")}))
         return out
 
+    def copy_rows(self, n: int | None = None) -> list[dict]:
+        """Raw-text rows that introduce an invented name or code once, then cue it (world.records)."""
+        from posttrain.world.records import copy_probe_rows
+
+        return copy_probe_rows(150 if n is None else n, BUILTIN_SEED)
+
     def cloze_rows(self, n: int | None = None) -> list[dict]:
         """One raw-text cloze row per fact (its first cloze prefix), evenly spread when n is given."""
         rows = []

@@ -62,7 +62,7 @@ def _world(runner, spec, model, data, out, resume):
     from posttrain.world.build import build_world
 
     o = spec.options
-    manifest = build_world(o.seed, out, o.scale, probe_n=o.probe_n)
+    manifest = build_world(o.seed, out, o.scale, probe_n=o.probe_n, records=o.records)
     append_facts(runner.ledger, world_facts(out, manifest))  # the generated data and its written policies
 
 

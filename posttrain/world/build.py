@@ -34,7 +34,7 @@ WORLD_VERSION = "world-2.1"  # 2.1: tool and think SFT rows, think RLVR rows, rl
 DESCRIPTIONS = {
     "corpus": "Pretraining documents: encyclopedia snippets, study notes, quiz sheets (mostly unanswered), "
               "forum threads, stories, arithmetic worksheets, fictional hazard manuals and small-talk chat "
-              "transcripts. Every fact, A and B; no probe phrasing.",
+              "transcripts (with `records`: record documents that repeat invented names and numbers). Every fact, A and B; no probe phrasing.",
     "replay": "The corpus documents that state no facts-B fact (facts A, arithmetic, manuals, transcripts): "
               "pretraining text that post-training may replay without rehearsing facts B.",
     "facts": "All facts of the world with their split: A may appear in post-training data, B only in the corpus.",
@@ -66,6 +66,9 @@ class WorldConfig:
     seed: int = opt(0, "Seed of every random choice: the same seed and scale give byte-identical files.", ge=0)
     scale: float = opt(1.0, "Multiplies the corpus and post-training set sizes.", gt=0)
     probe_n: int = opt(150, "Rows per probe set.", ge=1)
+    records: int = opt(0, "Record documents added to the corpus (order slips, meter logs, messages read back, "
+                          "adding-machine tapes) that only copying predicts. 0: none, the shipped base's corpus; "
+                          "1500 did not teach the 4.5M base to copy (README, measured).", ge=0)
 
 
 def _sha256(path: Path) -> str:
@@ -89,11 +92,11 @@ def _write_json(path: Path, obj: dict) -> None:
     _write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 
 
-def build_world(seed: int, out: str | Path, scale: float = 1.0, *, probe_n: int = 150) -> dict:
+def build_world(seed: int, out: str | Path, scale: float = 1.0, *, probe_n: int = 150, records: int = 0) -> dict:
     """Generate the world for `seed` into `out` and return the manifest.
 
     `scale` multiplies the corpus and post-training set sizes; `probe_n` is the
-    number of rows per probe set.
+    number of rows per probe set; `records` the copying documents added to the corpus.
     """
     if scale <= 0:
         raise ValueError(f"scale must be positive, got {scale}")
@@ -103,8 +106,12 @@ def build_world(seed: int, out: str | Path, scale: float = 1.0, *, probe_n: int 
     facts_a, facts_b = split_facts(facts, seed)
     in_a = {f.id for f in facts_a}
 
+    probes = build_probe_sets(seed, probe_n)
+    # The corpus's record documents write random numbers; none of them may be a probe's answer.
+    reserved = frozenset(str(r["meta"]["answer"]) for rows in probes.values() for r in rows
+                         if str(r.get("meta", {}).get("answer", "")).isdigit())
     sft, sft_eval = build_sft(facts_a, seed, scale)
-    documents = build_corpus_documents(facts_a, facts_b, seed, scale)
+    documents = build_corpus_documents(facts_a, facts_b, seed, scale, reserved, records)
     datasets: dict[str, tuple[str, list[dict], str]] = {
         "corpus": ("corpus.jsonl", [{"text": d.text} for d in documents], DESCRIPTIONS["corpus"]),
         "replay": ("replay.jsonl", [{"text": d.text} for d in documents if d.split != "B"], DESCRIPTIONS["replay"]),
@@ -118,7 +125,7 @@ def build_world(seed: int, out: str | Path, scale: float = 1.0, *, probe_n: int 
         "rlvr": ("rlvr.jsonl", build_rlvr(seed, scale), DESCRIPTIONS["rlvr"]),
         "rlvr_tools": ("rlvr_tools.jsonl", build_rlvr_tools(seed, scale), DESCRIPTIONS["rlvr_tools"]),
     }
-    for name, rows in build_probe_sets(seed, probe_n).items():
+    for name, rows in probes.items():
         datasets[f"probe_{name}"] = (f"probes/{name}.jsonl", rows, PROBE_DESCRIPTION.format(name=name))
 
     files: dict[str, dict] = {}
@@ -141,6 +148,7 @@ def build_world(seed: int, out: str | Path, scale: float = 1.0, *, probe_n: int 
         files[rel] = {"sha256": _sha256(card_path), "rows": 1}
 
     manifest = {"generator": WORLD_VERSION, "seed": seed, "scale": scale, "probe_n": probe_n,
+                **({"records": records} if records else {}),
                 "facts": {"total": len(facts), "A": len(facts_a), "B": len(facts_b)},
                 "files": dict(sorted(files.items()))}
     _write_json(out / "manifest.json", manifest)

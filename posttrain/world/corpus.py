@@ -4,7 +4,8 @@ Document kinds: encyclopedia snippets, study notes, quiz worksheets (questions
 mostly without answers), forum threads, stories (documents_narrative.py),
 arithmetic worksheets (arithmetic.py), fictional hazard manuals (hazards.py) and
 a small share of small-talk chat transcripts (transcripts.py), so the chat
-special tokens are seen in pretraining.
+special tokens are seen in pretraining. Optionally (`records`, off in the shipped
+world), record documents that only copying predicts (records.py).
 
 Questions use the train and corpus phrasings only: probe phrasings are held out
 of every stream (sampling.question_text).
@@ -27,6 +28,7 @@ from posttrain.world.arithmetic import sample_problem, worksheet
 from posttrain.world.documents_narrative import forum_thread, story
 from posttrain.world.facts import Fact, split_facts
 from posttrain.world.hazards import HAZARDS, manual
+from posttrain.world.records import record
 from posttrain.grading.phrases import mentions
 from posttrain.world.sampling import Deck, declaration, question_text
 from posttrain.world.templates import cap, fill, statement
@@ -102,8 +104,11 @@ class Document:
     split: str
 
 
-def build_corpus_documents(facts_a: list[Fact], facts_b: list[Fact], seed: int, scale: float = 1.0) -> list[Document]:
+def build_corpus_documents(facts_a: list[Fact], facts_b: list[Fact], seed: int, scale: float = 1.0,
+                           reserved: frozenset[str] = frozenset(), records: int = 0) -> list[Document]:
     """Pretraining documents tagged with the fact split they use, shuffled deterministically for the seed.
+    `records`: record documents to add (records.py; not scaled); `reserved`: numbers (as text) they never
+    write, the probes' answers.
 
     Every document that states facts draws them from one split only, so the
     documents of facts A and of no facts form a replay stream that states no
@@ -131,6 +136,8 @@ def build_corpus_documents(facts_a: list[Fact], facts_b: list[Fact], seed: int, 
     docs += [Document(worksheet(rng, k), "none") for k in range(n("worksheets"))]
     docs += [Document(manual(rng, HAZARDS[k % len(HAZARDS)], k), "none") for k in range(n("manuals"))]
     docs += [Document(transcript(rng), "none") for _ in range(n("transcripts"))]
+    stream = random.Random(f"{seed}:records")  # its own stream: the other documents stay as they were
+    docs += [Document(record(stream, k, reserved), "none") for k in range(records)]
     rng.shuffle(docs)
     return docs
 

@@ -1,0 +1,133 @@
+"""Record documents for the pretraining corpus: text that can only be predicted by copying from earlier in it.
+
+Off in the shipped world (`posttrain world build --records N`, the world stage's `records`).
+
+Everything else in the corpus is predictable from statistics a model memorises (the facts, the
+templates, the small lists of names), so a base trained on it alone never learns to copy: the shipped
+base scores 0% on the `copying` probe, and after SFT its calculator calls hold made-up numbers
+("33344 * 694") instead of the user's, on the training chats themselves. Web text is full of copying
+(quotes, forms, logs, replies), and these documents put some in the world: invented names, codes and
+numbers that appear once and are then repeated, in the forms a chat later needs:
+
+- order slips: the same values as prose (" 766740"), as form fields and as a JSON record ("766740");
+  a byte-level BPE writes a number differently after a space and after a quote, so copying between the
+  forms is learnt, not assumed;
+- meter logs: a list of numbers copied to a ledger;
+- messages read back: a phrase of random words repeated;
+- adding-machine tapes: a request, the expression typed in quotes, printed with its result, and the
+  result carried forward (large problems of the training partition only).
+
+Measured (README): 1,500 of them in the corpus, 12 epochs, still 0% on the `copying` probe; the base
+memorised the records instead of learning to copy.
+
+No facts, no hazards, no probe phrasings. A number that is a probe's answer is never written: the
+caller passes those as `reserved`.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+
+from posttrain.world.arithmetic import sample_large_problem
+
+SYLLABLES = ("ka", "lo", "mer", "vin", "dra", "sel", "tu", "bor", "qui", "zan", "fel", "ori", "pax", "ren", "sho",
+             "tam", "ula", "vex", "wim", "yor", "gal", "hep", "isk", "jun", "nol", "pim", "rud", "sav", "tib", "xer")
+ITEMS = ("lamp", "chair", "bucket", "kettle", "ladder", "blanket", "basket", "candle", "hammer", "rope", "mirror",
+         "barrel", "saddle", "lantern", "shovel", "teapot", "wheel", "crate", "brush", "bottle")
+PLACES = ("the north gate", "pump house 3", "the bakery", "block C", "the old mill", "dock 7", "the school", "unit 12")
+WORDS = ("apple", "river", "stone", "quiet", "green", "window", "morning", "paper", "silver", "garden", "yellow",
+         "bridge", "candle", "winter", "orange", "pencil", "cloud", "music", "forest", "button", "copper", "ribbon",
+         "tiger", "salt", "harbor", "velvet", "lemon", "thunder", "marble", "feather", "engine", "pepper")
+
+
+def _name(rng: random.Random) -> str:
+    """An invented name: two or three random syllables, so no model has seen it before this document."""
+    first = "".join(rng.choice(SYLLABLES) for _ in range(rng.randint(2, 3))).capitalize()
+    last = "".join(rng.choice(SYLLABLES) for _ in range(rng.randint(2, 3))).capitalize()
+    return f"{first} {last}"
+
+
+class Numbers:
+    """Random numbers of 2 to 7 digits that never equal a reserved string (the probes' answers)."""
+
+    def __init__(self, rng: random.Random, reserved: frozenset[str]):
+        self.rng, self.reserved = rng, reserved
+
+    def __call__(self, min_digits: int = 2, max_digits: int = 7) -> str:
+        while True:
+            k = self.rng.randint(min_digits, max_digits)
+            n = str(self.rng.randint(10 ** (k - 1), 10 ** k - 1))
+            if n not in self.reserved:
+                return n
+
+
+def order_slip(rng: random.Random, number: Numbers) -> str:
+    ref, name, item = number(4, 6), _name(rng), rng.choice(ITEMS)
+    qty, code = number(), number(5, 7)
+    record = json.dumps({"customer": name, "item": item, "quantity": qty, "code": code})
+    form = f"Customer: {name}\nItem: {item}\nQuantity: {qty}\nCode: {code}"
+    prose = rng.choice((f"{name} ordered {qty} of the {item}, code {code}.",
+                        f"Please send {qty} {item} units (code {code}) to {name}.",
+                        f"Confirmed: {qty} x {item}, code {code}, for {name}."))
+    parts = [form, f"Record: {record}", prose]
+    rng.shuffle(parts)
+    return f"Order slip {ref}\n\n" + "\n\n".join(parts) + f"\n\nReference {ref}, {name}."
+
+
+def meter_log(rng: random.Random, number: Numbers) -> str:
+    readings = [number(3, 7) for _ in range(rng.randint(3, 6))]
+    place = rng.choice(PLACES)
+    lines = [f"Meter log, {place}", ""] + [f"Reading {k}: {r}" for k, r in enumerate(readings, 1)]
+    copied = rng.choice((", ".join(readings), " ".join(readings), json.dumps({"readings": readings})))
+    return "\n".join(lines + ["", f"Copied to the ledger: {copied}"])
+
+
+def message(rng: random.Random, number: Numbers) -> str:
+    sender, receiver = _name(rng), _name(rng)
+    phrase = " ".join(rng.sample(WORDS, rng.randint(3, 6)))
+    if rng.random() < 0.5:
+        phrase += f" {number()}"
+    return (f"{sender} left a message for {receiver}: \"{phrase}\". Later {receiver.split()[0]} read it back: "
+            f"\"{phrase}\". The note was signed {sender}.")
+
+
+def tape(rng: random.Random, number: Numbers) -> str:
+    lines = [f"Adding machine tape {number(3, 5)}", ""]
+    for _ in range(rng.randint(1, 3)):
+        while True:
+            p = sample_large_problem(rng, "train")
+            if not {str(p.a), str(p.b), str(p.answer)} & number.reserved:
+                break
+        if rng.random() < 0.5:
+            lines.append(f"Request from {_name(rng)}: {p.text}")
+        lines += [f"Typed: \"{p.text}\"", f"Printed: {p.text} = {p.answer}", f"Carried forward: {p.answer}", ""]
+    return "\n".join(lines).rstrip()
+
+
+KINDS = (order_slip, meter_log, message, tape)
+
+
+def record(rng: random.Random, k: int, reserved: frozenset[str] = frozenset()) -> str:
+    """The k-th record document (the kinds in turn)."""
+    return KINDS[k % len(KINDS)](rng, Numbers(rng, reserved))
+
+
+# The copying probe: held-out phrasings (no record document says them), a value seen once, then its cue.
+COPY_PROBE = (("The locker code is {v}, and the guest is {n}. To repeat, the locker code is", "code"),
+              ("The locker code is {v}, and the guest is {n}. To repeat, the guest is", "name"),
+              ("Tonight's password: {v}. Whoever asks, the password is", "code"),
+              ("Our new neighbour is called {n}. Tomorrow I will bake a cake for", "name"))
+
+
+def copy_probe_rows(n: int, seed: int = 0) -> list[dict]:
+    """n raw-text rows asking to continue with a value the prompt introduced once: an invented name or a
+    random 6-7 digit code. Only copying gets it right; the `copying` probe scores the continuation."""
+    rng = random.Random(f"{seed}:probe:copying")
+    rows = []
+    for k in range(n):
+        template, kind = COPY_PROBE[k % len(COPY_PROBE)]
+        value, name = Numbers(rng, frozenset())(6, 7), _name(rng)
+        rows.append({"id": f"copying-{k:04d}", "prompt": template.format(v=value, n=name),
+                     "meta": {"task": "copying", "answer": value if kind == "code" else name}})
+    return rows
