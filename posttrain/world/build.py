@@ -34,7 +34,8 @@ WORLD_VERSION = "world-2.1"  # 2.1: tool and think SFT rows, think RLVR rows, rl
 DESCRIPTIONS = {
     "corpus": "Pretraining documents: encyclopedia snippets, study notes, quiz sheets (mostly unanswered), "
               "forum threads, stories, arithmetic worksheets, fictional hazard manuals and small-talk chat "
-              "transcripts (with `records`: record documents that repeat invented names and numbers). Every fact, A and B; no probe phrasing.",
+              "transcripts. Every fact, A and B; no probe phrasing.",
+    "records": " Also record documents that repeat invented names and numbers (world option `records`).",
     "replay": "The corpus documents that state no facts-B fact (facts A, arithmetic, manuals, transcripts): "
               "pretraining text that post-training may replay without rehearsing facts B.",
     "facts": "All facts of the world with their split: A may appear in post-training data, B only in the corpus.",
@@ -113,7 +114,8 @@ def build_world(seed: int, out: str | Path, scale: float = 1.0, *, probe_n: int 
     sft, sft_eval = build_sft(facts_a, seed, scale)
     documents = build_corpus_documents(facts_a, facts_b, seed, scale, reserved, records)
     datasets: dict[str, tuple[str, list[dict], str]] = {
-        "corpus": ("corpus.jsonl", [{"text": d.text} for d in documents], DESCRIPTIONS["corpus"]),
+        "corpus": ("corpus.jsonl", [{"text": d.text} for d in documents],
+                   DESCRIPTIONS["corpus"] + (DESCRIPTIONS["records"] if records else "")),
         "replay": ("replay.jsonl", [{"text": d.text} for d in documents if d.split != "B"], DESCRIPTIONS["replay"]),
         "facts": ("facts.jsonl", [{**asdict(f), "aliases": list(f.aliases), "split": "A" if f.id in in_a else "B"}
                                   for f in facts], DESCRIPTIONS["facts"]),

@@ -17,8 +17,8 @@ numbers that appear once and are then repeated, in the forms a chat later needs:
 - adding-machine tapes: a request, the expression typed in quotes, printed with its result, and the
   result carried forward (large problems of the training partition only).
 
-Measured (README): 1,500 of them in the corpus, 12 epochs, still 0% on the `copying` probe; the base
-memorised the records instead of learning to copy.
+Measured (README): with 1,500 of them in the corpus, seen 12 times each, the rebuilt base still scored
+0% on the `copying` probe; a model this small can memorise the records instead of learning to copy.
 
 No facts, no hazards, no probe phrasings. A number that is a probe's answer is never written: the
 caller passes those as `reserved`.
