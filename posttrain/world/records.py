@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 import random
 
-from posttrain.world.arithmetic import sample_large_problem
+from posttrain.world.arithmetic import _number, sample_large_problem
 
 SYLLABLES = ("ka", "lo", "mer", "vin", "dra", "sel", "tu", "bor", "qui", "zan", "fel", "ori", "pax", "ren", "sho",
              "tam", "ula", "vex", "wim", "yor", "gal", "hep", "isk", "jun", "nol", "pim", "rud", "sav", "tib", "xer")
@@ -56,8 +56,7 @@ class Numbers:
 
     def __call__(self, min_digits: int = 2, max_digits: int = 7) -> str:
         while True:
-            k = self.rng.randint(min_digits, max_digits)
-            n = str(self.rng.randint(10 ** (k - 1), 10 ** k - 1))
+            n = str(_number(self.rng, min_digits, max_digits))
             if n not in self.reserved:
                 return n
 
@@ -127,7 +126,7 @@ def copy_probe_rows(n: int, seed: int = 0) -> list[dict]:
     rows = []
     for k in range(n):
         template, kind = COPY_PROBE[k % len(COPY_PROBE)]
-        value, name = Numbers(rng, frozenset())(6, 7), _name(rng)
+        value, name = str(_number(rng, 6, 7)), _name(rng)
         rows.append({"id": f"copying-{k:04d}", "prompt": template.format(v=value, n=name),
                      "meta": {"task": "copying", "answer": value if kind == "code" else name}})
     return rows
