@@ -217,14 +217,15 @@ def test_bf16_engine_reports_logprobs_from_an_fp32_head(llama):
     """Under bf16 autocast the body runs in bf16, but logprobs come from fp32 logits of the fp32 head.
 
     The reference applies the fp32 head weights to the very hidden states the engine fed
-    its head (captured by a hook), so only the head's precision is compared.
+    its head (captured by a hook), so only the head's precision is compared. This is the transformers
+    forward's path (fast_decode off); tests/test_decode.py checks the decoder's own fp32 head.
     """
     model, tok = llama
     head = model.get_output_embeddings()
     inputs = []
     hook = head.register_forward_pre_hook(lambda m, args: inputs.append(args[0].detach().clone()))
     try:
-        c = Engine(model, tok, batch_size=1, dtype="bf16").generate(
+        c = Engine(model, tok, batch_size=1, dtype="bf16", fast_decode=False).generate(
             [PROMPTS[0]], SamplingParams(max_new_tokens=6, stop_token_ids=()))[0]
     finally:
         hook.remove()

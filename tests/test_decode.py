@@ -1,0 +1,127 @@
+"""The engine's decode steps (posttrain.modeling.decode) against the transformers forward they replace."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from posttrain.engine import Engine, SamplingParams
+from posttrain.models import autocast, head_in_fp32
+from posttrain.modeling.decode import Decoder
+
+CPU = torch.device("cpu")
+
+
+def _tiny(family: str, seed: int = 0, **extra):
+    """A random tiny model of `family`: GQA everywhere, biases for qwen2, q/k norms for qwen3."""
+    import transformers
+
+    names = {"llama": "Llama", "qwen2": "Qwen2", "qwen3": "Qwen3", "mistral": "Mistral"}[family]
+    config = getattr(transformers, f"{names}Config")(
+        vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=8, max_position_embeddings=128, initializer_range=0.2,
+        tie_word_embeddings=False, pad_token_id=0, eos_token_id=1, bos_token_id=None, **extra)
+    torch.manual_seed(seed)
+    return getattr(transformers, f"{names}ForCausalLM")(config).eval()
+
+
+def _inputs(batch=5, width=9, steps=7, seed=1):
+    """Left-padded prompts (rows 0, 2, 4 padded by 3) and the tokens fed after them."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(2, 96, (batch, width), generator=g)
+    mask = torch.ones(batch, width, dtype=torch.long)
+    mask[::2, :3] = 0
+    return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0), torch.randint(2, 96, (steps, batch), generator=g)
+
+
+def _transformers_steps(model, dtype, ids, mask, pos, feed):
+    """Next-token logits after each fed token, through the transformers forward and its cache."""
+    out = []
+    with torch.no_grad(), autocast(dtype, CPU), head_in_fp32(model, CPU):
+        o = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
+        cache, p = o.past_key_values, pos[:, -1]
+        for tokens in feed:
+            mask, p = torch.cat([mask, mask.new_ones(len(tokens), 1)], -1), p + 1
+            o = model(input_ids=tokens[:, None], attention_mask=mask, position_ids=p[:, None],
+                      past_key_values=cache, use_cache=True)
+            cache = o.past_key_values
+            out.append(o.logits[:, -1].float())
+    return torch.stack(out)
+
+
+def _decoder_steps(model, dtype, ids, mask, pos, feed, room):
+    """The same through the Decoder, from the transformers prefill; rows 1 and 3 leave after two steps."""
+    out = []
+    with torch.no_grad(), autocast(dtype, CPU), head_in_fp32(model, CPU):
+        o = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
+        decoder = Decoder.for_model(model, dtype)
+        decoder.start(o.past_key_values, mask, room=room)
+        p = pos[:, -1]
+        for tokens in feed:
+            p = p + 1
+            out.append(decoder.step(tokens, p))
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3"])
+@pytest.mark.parametrize("room", [1, 16])  # 1: the KV buffer grows (as tool turns make it)
+def test_decoder_logits_equal_the_transformers_forward_in_fp32(family, room):
+    model = _tiny(family)
+    ids, mask, pos, feed = _inputs()
+    ref = _transformers_steps(model, "fp32", ids, mask, pos, feed)
+    got = _decoder_steps(model, "fp32", ids, mask, pos, feed, room)
+    assert got.dtype == torch.float32 and got.shape == ref.shape == (7, 5, 96)
+    assert ref.std() > 1.0  # logits that differ by token, so a wrong step would show
+    torch.testing.assert_close(got, ref, atol=1e-4, rtol=0)
+
+
+def test_decoder_drops_rows_like_the_cache():
+    model = _tiny("llama")
+    ids, mask, pos, feed = _inputs()
+    keep = torch.tensor([0, 2, 4])
+    with torch.no_grad():
+        o = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
+        decoder = Decoder.for_model(model, "fp32")
+        decoder.start(o.past_key_values, mask, room=4)
+        decoder.step(feed[0], pos[:, -1] + 1)
+        decoder.select(keep)
+        got = decoder.step(feed[1][keep], pos[keep, -1] + 2)
+    # The kept rows alone, through the transformers forward.
+    ref = _transformers_steps(model, "fp32", ids[keep], mask[keep], pos[keep], feed[:2, keep])[1]
+    torch.testing.assert_close(got, ref, atol=1e-4, rtol=0)
+
+
+def test_bf16_decoder_is_as_close_to_fp32_as_the_transformers_bf16_forward():
+    """bf16 matmuls round, on both paths; the decoder keeps attention and the residual stream in fp32,
+    so its logits sit at least as close to the fp32 ones as the transformers forward's under autocast."""
+    model = _tiny("llama", seed=3)
+    ids, mask, pos, feed = _inputs(seed=4)
+    exact = _transformers_steps(model, "fp32", ids, mask, pos, feed)
+    theirs = (_transformers_steps(model, "bf16", ids, mask, pos, feed) - exact).abs().mean()
+    ours = (_decoder_steps(model, "bf16", ids, mask, pos, feed, room=8) - exact).abs().mean()
+    assert ours > 0  # bf16 did run
+    assert ours <= 1.25 * theirs, (ours, theirs)
+
+
+def test_models_outside_the_decoder_keep_the_transformers_forward():
+    from peft import LoraConfig, get_peft_model
+
+    assert Decoder.for_model(_tiny("llama"), "bf16") is not None
+    assert Decoder.for_model(_tiny("mistral", sliding_window=4), "fp32") is None  # a window the decoder lacks
+    wrapped = get_peft_model(_tiny("llama"), LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
+    assert Decoder.for_model(wrapped, "fp32") is None  # LoRA layers are not plain linears
+    assert Decoder.for_model(wrapped.get_base_model(), "fp32") is None
+
+
+def test_engine_samples_the_same_with_and_without_the_decoder(tiny_llama_dir):
+    from posttrain.models import load_model_and_tokenizer
+
+    model, tok = load_model_and_tokenizer(tiny_llama_dir, "cpu")
+    prompts = ["The capital of France is", "Hi", "Two plus two is four, and three plus"]
+    params = SamplingParams(max_new_tokens=10, temperature=1.0, seed=5, n=3)
+    fast = Engine(model, tok, batch_size=6, dtype="fp32").generate(prompts, params)
+    slow = Engine(model, tok, batch_size=6, dtype="fp32", fast_decode=False).generate(prompts, params)
+    assert len({tuple(c.token_ids) for c in fast}) > 3  # samples that differ, so the comparison means something
+    assert [c.token_ids for c in fast] == [c.token_ids for c in slow]
+    for a, b in zip(fast, slow):
+        torch.testing.assert_close(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-4, rtol=0)
