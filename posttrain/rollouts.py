@@ -50,6 +50,47 @@ def rollout_batch(rollouts: list[Rollout], pad_id: int, fields: tuple[str, ...] 
     """Pack rollouts into one batch (sequence i = rollouts[i]); add each named per-token field as [S, T]."""
     longest = max(len(r.prompt_ids) + len(r.response_ids) for r in rollouts)
     batch = collate(pack_examples([r.example(i) for i, r in enumerate(rollouts)], longest), pad_id)
+    return _with_fields(batch, rollouts, fields)
+
+
+def group_batch(rollouts: list[Rollout], pad_id: int, fields: tuple[str, ...] = ()) -> dict:
+    """Like rollout_batch, with each distinct prompt laid out once: one row per prompt,
+    [prompt | response a | response b | ...], for the responses sampled from it.
+
+    Each response's positions continue from the prompt's end, so every response after the first jumps back
+    to len(prompt): a branch that attends to the prompt and to itself (modeling.attention.segment_layout).
+    `predictor` [B, T] names the position whose hidden state predicts each token (the prompt's last token
+    for a response's first one). The G samples of a group then cost one prompt in the forward and backward
+    instead of G; log-probs and gradients are those of rollout_batch up to float rounding
+    (tests/test_grpo.py). Only for models where modeling.attention.shares_prefixes holds.
+    """
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, r in enumerate(rollouts):
+        groups.setdefault(tuple(r.prompt_ids), []).append(i)
+    rows = []
+    for prompt, members in groups.items():
+        n = len(prompt)
+        ids, mask, pos, seq, pred = list(prompt), [0] * n, list(range(n)), [members[0]] * n, [0] * n
+        for i in members:
+            r, start = rollouts[i], len(ids)
+            k = len(r.response_ids)
+            ids += r.response_ids
+            mask += r.response_mask
+            pos += range(n, n + k)
+            seq += [i] * k
+            pred += ([n - 1] + list(range(start, start + k - 1)))[:k]
+        rows.append((ids, mask, pos, seq, pred))
+    width = max(len(row[0]) for row in rows)
+    pads = (pad_id, 0, None, -1, 0)  # positions of padding restart at 0: an example of its own
+    columns = [[row[c] + (list(range(width - len(row[0]))) if fill is None else [fill] * (width - len(row[0])))
+                for row in rows] for c, fill in enumerate(pads)]
+    names = ("input_ids", "loss_mask", "position_ids", "sequence_ids", "predictor")
+    batch = {name: torch.tensor(col, dtype=torch.long) for name, col in zip(names, columns)}
+    batch["branched"] = True
+    return _with_fields(batch, rollouts, fields)
+
+
+def _with_fields(batch: dict, rollouts: list[Rollout], fields: tuple[str, ...]) -> dict:
     batch["n_sequences"] = len(rollouts)
     width = max(1, max(r.trained_tokens for r in rollouts))
     mask = torch.zeros(len(rollouts), width, dtype=torch.bool)

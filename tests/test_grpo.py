@@ -167,3 +167,56 @@ def test_tool_results_in_a_rollout_carry_no_loss_and_no_gradient(tiny_llama_dir)
     torch.testing.assert_close(loss.detach(), ref.detach(), atol=1e-5, rtol=1e-4)
     for n, p in model.named_parameters():
         torch.testing.assert_close(grad[n], p.grad, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("fixture", ["tiny_llama_dir", "tiny_qwen2_dir"])
+@pytest.mark.parametrize("loss_type", ["dapo", "grpo"])
+def test_shared_prompts_give_the_loss_and_gradients_of_one_row_per_response(fixture, loss_type, request):
+    """group_batch lays each prompt out once with its responses branching from it; the objective's loss and
+    every gradient equal those of the plain layout, where each response carries its own copy of the prompt.
+    The group mixes lengths, an injected (mask 0) stretch, and an empty response."""
+    model, tok = load_model_and_tokenizer(request.getfixturevalue(fixture))
+    g = torch.Generator().manual_seed(0)
+    rand = lambda n: torch.randint(5, len(tok) - 5, (n,), generator=g).tolist()  # noqa: E731
+    prompts = [PromptRow([{"role": "user", "content": "a"}]), PromptRow([{"role": "user", "content": "b"}])]
+    prompt_ids = [rand(9), rand(5)]
+    shapes = [(0, 7, None), (0, 3, None), (0, 11, (4, 7)), (0, 0, None), (1, 6, None), (1, 9, None)]
+    rollouts = []
+    for p, n, injected in shapes:
+        mask = [0 if injected and injected[0] <= t < injected[1] else 1 for t in range(n)]
+        r = Rollout(prompts[p], prompt_ids[p], rand(n), mask, "", True)
+        r.advantages = (torch.randn(1, generator=g).repeat(r.trained_tokens)).tolist()
+        rollouts.append(r)
+    rollouts = [rollouts[i] for i in (4, 0, 2, 5, 1, 3)]  # groups interleaved, as a shuffle leaves them
+    results = {}
+    for share in (False, True):
+        objective = GRPOObjective(tok.pad_token_id, GRPOOptions(loss_type=loss_type), 1.0, 16, (), share_prompts=share)
+        batch = objective.collate(rollouts)
+        model.zero_grad()
+        loss, _ = objective.loss(ActorCritic(model), batch)
+        loss.backward()
+        results[share] = (loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()},
+                          batch["input_ids"].numel())
+    (plain, plain_grad, plain_size), (shared, shared_grad, shared_size) = results[False], results[True]
+    assert shared_size < plain_size  # two prompts laid out instead of six
+    assert plain.abs() > 1e-3
+    torch.testing.assert_close(shared, plain, atol=1e-5, rtol=1e-4)
+    for n in plain_grad:
+        assert plain_grad[n].abs().max() > 0
+        torch.testing.assert_close(shared_grad[n], plain_grad[n], atol=1e-5, rtol=1e-4)
+
+
+def test_the_stage_shares_prompts_where_the_attention_reads_branches(tiny_llama_dir, tmp_path, monkeypatch):
+    """On CPU the GRPO stage's update reads branched batches; with share_prompts off it does not."""
+    from posttrain.stages import grpo
+
+    seen = []
+    original = grpo.GRPOObjective.collate
+    monkeypatch.setattr(grpo.GRPOObjective, "collate", lambda self, r: seen.append(self.share_prompts) or original(self, r))
+    rows = [{"prompt": f"What is {i} + 1?", "answer": str(i + 1), "verifier": "numeric"} for i in range(4)]
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for share in ("true", "false"):
+        args = _grpo_args(tiny_llama_dir, tmp_path / "p.jsonl", tmp_path / f"out_{share}", "--set",
+                          f"rl.share_prompts={share}", "--set", "track.every=0", "--set", "data.eval_fraction=0")
+        assert main(args) == 0
+    assert seen and set(seen[:len(seen) // 2]) == {True} and set(seen[len(seen) // 2:]) == {False}

@@ -63,3 +63,24 @@ def test_gradient_checkpointing_keeps_the_models_own_attention(tiny_llama_dir):
     model.gradient_checkpointing_enable()
     with attention_within_examples(model, torch.zeros(1, 4, dtype=torch.long)) as extra:
         assert extra == {} and model.config._attn_implementation == "sdpa"
+
+
+def test_branches_attend_to_their_prompt_and_themselves():
+    """[prompt 0..4 | branch 3 tokens from position 3 | branch 1 token from 3 | a new example]: the layout's
+    attention equals sdpa with the tree mask, and a jump past the example's length is refused."""
+    from posttrain.modeling.attention import segment_attention
+
+    pos = torch.tensor([[0, 1, 2, 3, 4, 3, 4, 5, 3, 0, 1]])
+    allowed = torch.zeros(11, 11, dtype=torch.bool)
+    for i in range(11):
+        for j in range(i + 1):
+            trunk = j < 3 and i < 9  # the first 3 tokens of the example are every branch's prefix
+            same = (i < 5 and j < 5) or (5 <= i < 8 and 5 <= j < 8) or (i == j == 8) or (i >= 9 and j >= 9)
+            allowed[i, j] = trunk or same
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 11, 4, generator=g) for _ in range(3))
+    got, _ = segment_attention(None, q, k, v, segments=segment_layout(pos))
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+    torch.testing.assert_close(got, ref.transpose(1, 2), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="beyond"):
+        segment_layout(torch.tensor([[0, 1, 2, 7, 8]]))

@@ -5,6 +5,10 @@ a dense block-diagonal mask costing T^2 per row of T tokens; on CPU `attention_w
 swaps in `segment_attention`, which gathers examples of similar length and attends each with a
 plain causal mask, at L^2 per example of L tokens. Same result up to float rounding
 (tests/test_segment_attention.py).
+
+The layout also reads branches (position ids that jump back to p > 0): G responses to one prompt laid
+out once as [prompt | response 1 | response 2 | ...], each response attending to the prompt and itself.
+transformers has no such mask, so only this attention reads that layout (`shares_prefixes`).
 """
 
 from __future__ import annotations
@@ -34,28 +38,46 @@ class SegmentLayout:
 def segment_layout(position_ids: torch.Tensor, similar: float = 0.75) -> SegmentLayout:
     """Find the examples of a batch from its position ids and group those of similar length.
 
-    An example starts at each row start and wherever a position does not follow the previous one by 1
-    (the rule transformers uses to detect packing). Examples are sorted by length and grouped while they
-    are at least `similar` times the group's longest, which bounds the padding inside a block.
+    An example starts at each row start and wherever the position goes back to 0. A position that jumps
+    anywhere else, to p > 0, starts a branch of the current example: a continuation of that example's first
+    p tokens (the shared prompt of G sampled responses, laid out once), which attends to those p tokens and
+    to itself, not to the other branches. A branch is attended as the example prefix + branch, of which only
+    the branch's slots are kept. Examples are sorted by length and grouped while they are at least `similar`
+    times the group's longest, which bounds the padding inside a block.
     """
     B, T = position_ids.shape
     pos = position_ids.detach().cpu()
     start = torch.ones_like(pos, dtype=torch.bool)
     start[:, 1:] = pos[:, 1:] != pos[:, :-1] + 1
-    firsts = start.reshape(-1).nonzero().flatten()
-    lengths = torch.diff(firsts, append=torch.tensor([B * T]))
-    order = lengths.argsort(descending=True, stable=True)
-    lens, firsts = lengths[order].tolist(), firsts[order].tolist()
+    firsts = start.reshape(-1).nonzero().flatten().tolist()
+    ends = firsts[1:] + [B * T]
+    flat = pos.reshape(-1).tolist()
+    segments = []  # (flat index of the shared prefix, its length p, flat index of the own tokens, their number)
+    trunk = (0, 0)  # the current example: its first flat index and the length of its first run
+    for first, end in zip(firsts, ends):
+        shared = flat[first]
+        if shared == 0 or first % T == 0:
+            trunk = (first, end - first)
+            shared = 0
+        elif trunk[0] // T != first // T or shared > trunk[1]:
+            raise ValueError(f"position ids jump to {shared} at flat index {first}, beyond the {trunk[1]} tokens "
+                             f"of the example it would branch from.")
+        segments.append((trunk[0], shared, first, end - first))
+    segments.sort(key=lambda x: -(x[1] + x[3]))
     blocks, kept, i = [], [], 0
-    while i < len(lens):
+    while i < len(segments):
+        longest = segments[i][1] + segments[i][3]
         j = i
-        while j < len(lens) and lens[j] >= similar * lens[i]:
+        while j < len(segments) and segments[j][1] + segments[j][3] >= similar * longest:
             j += 1
-        offsets = torch.arange(lens[i])
-        valid = offsets < torch.tensor(lens[i:j])[:, None]
-        gather = (torch.tensor(firsts[i:j])[:, None] + offsets * valid).flatten()
-        keep = valid.flatten().nonzero().flatten()
-        blocks.append(((j - i, lens[i]), gather.to(position_ids.device), keep.to(position_ids.device)))
+        gather, keep = [], []
+        for k, (prefix, shared, first, own) in enumerate(segments[i:j]):
+            # A padding slot re-reads the example's first token; it comes after the real ones, so none sees it.
+            gather.append(torch.cat([torch.arange(prefix, prefix + shared), torch.arange(first, first + own),
+                                     torch.full((longest - shared - own,), prefix)]))
+            keep.append(torch.arange(k * longest + shared, k * longest + shared + own))
+        gather, keep = torch.cat(gather), torch.cat(keep)
+        blocks.append(((j - i, longest), gather.to(position_ids.device), keep.to(position_ids.device)))
         kept.append(gather[keep])
         i = j
     kept = torch.cat(kept)
@@ -104,13 +126,7 @@ def attention_within_examples(model, position_ids: torch.Tensor):
     from transformers import AttentionInterface
 
     cfg = model.config
-    checkpointing = getattr(model, "is_activation_checkpointing", None)  # transformers >= 5.x name
-    if checkpointing is None:
-        checkpointing = getattr(model, "is_gradient_checkpointing", False)
-    usable = (position_ids.device.type == "cpu" and cfg._attn_implementation == "sdpa" and not checkpointing
-              and getattr(cfg, "sliding_window", None) is None
-              and all(t == "full_attention" for t in getattr(cfg, "layer_types", None) or ()))
-    if not usable:
+    if not _segment_attention_fits(model, position_ids.device):
         yield {}
         return
     AttentionInterface.register(SEGMENT_ATTENTION, segment_attention)
@@ -119,3 +135,22 @@ def attention_within_examples(model, position_ids: torch.Tensor):
         yield {"segments": segment_layout(position_ids)}
     finally:
         cfg._attn_implementation = "sdpa"
+
+
+def _segment_attention_fits(model, device: torch.device) -> bool:
+    cfg = model.config
+    checkpointing = getattr(model, "is_activation_checkpointing", None)  # transformers >= 5.x name
+    if checkpointing is None:
+        checkpointing = getattr(model, "is_gradient_checkpointing", False)
+    return (torch.device(device).type == "cpu" and cfg._attn_implementation == "sdpa" and not checkpointing
+            and getattr(cfg, "sliding_window", None) is None
+            and all(t == "full_attention" for t in getattr(cfg, "layer_types", None) or ()))
+
+
+def shares_prefixes(model, device: torch.device) -> bool:
+    """Whether `model` (a transformers model or a peft wrapper) reads branched batches on `device`: its
+    attention here is `segment_attention` and its logits are the head of the trunk's hidden states."""
+    from posttrain.modeling.forward import PLAIN_HEAD, unwrap
+
+    base = unwrap(model)
+    return getattr(base.config, "model_type", None) in PLAIN_HEAD and _segment_attention_fits(base, device)

@@ -62,6 +62,8 @@ class Decoder:
         if hasattr(model, "get_base_model") or dtype not in DTYPES:
             return None
         config = getattr(model, "config", None)
+        if not type(model).__module__.startswith("transformers."):
+            return None  # a subclass of the user's (or a test's) may compute something else: its forward runs
         if getattr(config, "model_type", None) not in FAMILIES:
             return None
         if getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True):
@@ -160,31 +162,31 @@ class Decoder:
         t = self.length
         self.bias[:, 0, 0, t] = 0.0
         self.length = t + 1
-        batch, hd = tokens.shape[0], self.head_dim
+        batch, hd, heads = tokens.shape[0], self.head_dim, self.heads
         x = self.embed(tokens[:, None])[:, 0].float()  # [B, H] residual stream (the module sees [B, 1] ids)
-        cos, sin = self.rotary(x[:, None], positions[:, None])  # [B, 1, D], fp32
-        cos, sin = cos[:, :, None], sin[:, :, None]  # broadcast over heads: [B, 1, 1, D]
-        q_size, kv_size = self.heads * hd, self.kv_heads * hd
-        group = self.heads // self.kv_heads
-        scale = hd ** -0.5
+        cos, sin = self.rotary(x[:, None], positions[:, None])  # [B, 1, D], fp32, shared by every layer
+        # rotate_half(v) * sin == roll(v, D/2) * [-sin_a, sin_b]: one roll and one fused multiply-add
+        sin = torch.cat([-sin[..., : hd // 2], sin[..., hd // 2 :]], dim=-1)
+        qk_size, scale = (heads + self.kv_heads) * hd, hd ** -0.5
         bias = self.bias[..., : t + 1]
         for i, w in enumerate(self.layers):
-            h = _rms_norm(x, w["attn_norm"], self.eps).to(self.dtype)
-            qkv = F.linear(h, w["qkv"], w["qkv_bias"])
-            q = qkv[:, :q_size].view(batch, 1, self.heads, hd).float()
-            k = qkv[:, q_size : q_size + kv_size].view(batch, 1, self.kv_heads, hd).float()
-            self.values[i][:, :, t] = qkv[:, q_size + kv_size :].view(batch, self.kv_heads, hd)
+            qkv = F.linear(_rms_norm(x, w["attn_norm"], self.eps).to(self.dtype), w["qkv"], w["qkv_bias"])
+            qk = qkv[:, :qk_size].view(batch, heads + self.kv_heads, hd).float()
+            self.values[i][:, :, t] = qkv[:, qk_size:].view(batch, self.kv_heads, hd)
             if w["q_norm"] is not None:
-                q = _rms_norm(q, w["q_norm"], w["eps"])
-                k = _rms_norm(k, w["k_norm"], w["eps"])
-            q = (q * cos + _rotate_half(q) * sin).view(batch, self.kv_heads, group, hd)
-            self.keys[i][:, :, t] = (k * cos + _rotate_half(k) * sin).view(batch, self.kv_heads, hd)
-            scores = torch.matmul(q * scale, self.keys[i][:, :, : t + 1].transpose(-1, -2)) + bias
+                qk = torch.cat([_rms_norm(qk[:, :heads], w["q_norm"], w["eps"]),
+                                _rms_norm(qk[:, heads:], w["k_norm"], w["eps"])], dim=1)
+            qk = torch.addcmul(qk * cos, qk.roll(hd // 2, dims=-1), sin)
+            self.keys[i][:, :, t] = qk[:, heads:]
+            # The query heads sharing a key/value head stack as rows of one product with its keys. Two
+            # matmuls, not sdpa: 2 x 67 us against 226 us for sdpa's CPU kernel here (one query, ~100 keys).
+            q = qk[:, :heads].view(batch, self.kv_heads, heads // self.kv_heads, hd)
+            scores = torch.matmul(q, self.keys[i][:, :, : t + 1].transpose(-1, -2)).mul_(scale).add_(bias)
             attended = torch.matmul(scores.softmax(-1), self.values[i][:, :, : t + 1])
-            x = x + F.linear(attended.reshape(batch, q_size).to(self.dtype), w["o"], w["o_bias"]).float()
-            h = _rms_norm(x, w["mlp_norm"], self.eps).to(self.dtype)
-            gate, up = F.linear(h, w["gate_up"], w["gate_up_bias"]).chunk(2, dim=-1)
-            x = x + F.linear(self.act(gate) * up, w["down"], w["down_bias"]).float()
+            x.add_(F.linear(attended.reshape(batch, heads * hd).to(self.dtype), w["o"], w["o_bias"]))
+            gate, up = F.linear(_rms_norm(x, w["mlp_norm"], self.eps).to(self.dtype), w["gate_up"],
+                                w["gate_up_bias"]).chunk(2, dim=-1)
+            x.add_(F.linear(self.act(gate) * up, w["down"], w["down_bias"]))
         return F.linear(_rms_norm(x, self.norm, self.eps), self.head)
 
 

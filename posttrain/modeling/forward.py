@@ -34,6 +34,9 @@ def _trunk_hidden(base, batch) -> torch.Tensor:
     """Final hidden states [B, T, H] of the transformer trunk, attention kept inside each packed example."""
     ids, pos = batch["input_ids"], batch["position_ids"]
     with attention_within_examples(base, pos) as extra:
+        if batch.get("branched") and not extra:
+            raise RuntimeError("a batch with shared prompts (rollouts.group_batch) needs posttrain's segment "
+                               "attention; check modeling.attention.shares_prefixes before building one.")
         return base.base_model(input_ids=ids, position_ids=pos, use_cache=False, **extra).last_hidden_state
 
 
@@ -107,17 +110,35 @@ def sequence_scores(model, batch: dict[str, torch.Tensor], n_sequences: int) -> 
         return score_head(model)(flat.float()).squeeze(-1)
 
 
-def _target_hidden_and_logits(model, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(final hidden states [N, H] and logits [N, V] at the N target positions, targets [N], selection [B, T-1])."""
+def target_index(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    """For each of the N targets of a batch, in row-major order: (its row, the position whose hidden state
+    predicts it, the target token, its example), [N] each.
+
+    A target at position t is predicted from t - 1, except in a branched batch (rollouts.group_batch), whose
+    `predictor` [B, T] names the position for each target: a response's first token is predicted by its
+    prompt's last token, which the G responses laid out after that prompt share.
+    """
     ids = batch["input_ids"]
-    sel = batch["loss_mask"][:, 1:].bool()
-    targets = ids[:, 1:][sel]
+    if "predictor" in batch:
+        rows, cols = batch["loss_mask"].bool().nonzero(as_tuple=True)
+        return rows, batch["predictor"][rows, cols], ids[rows, cols], batch["sequence_ids"][rows, cols]
+    rows, cols = batch["loss_mask"][:, 1:].bool().nonzero(as_tuple=True)
+    return rows, cols, ids[rows, cols + 1], batch["sequence_ids"][rows, cols + 1]
+
+
+def _target_hidden_and_logits(model, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(final hidden states [N, H] and logits [N, V] at the N target positions, targets [N], their examples [N])."""
+    rows, source, targets, sequence = target_index(batch)
     base = unwrap(model)
     if getattr(base.config, "model_type", None) in PLAIN_HEAD:
-        hidden = _trunk_hidden(base, batch)[:, :-1][sel]
-        return hidden, base.get_output_embeddings()(hidden), targets, sel
-    out = model(input_ids=ids, position_ids=batch["position_ids"], use_cache=False, output_hidden_states=True)
-    return out.hidden_states[-1][:, :-1][sel], out.logits[:, :-1][sel], targets, sel
+        hidden = _trunk_hidden(base, batch)[rows, source]
+        return hidden, base.get_output_embeddings()(hidden), targets, sequence
+    if batch.get("branched"):
+        raise RuntimeError(f"{base.config.model_type} models cannot read a batch with shared prompts; "
+                           "check modeling.attention.shares_prefixes before building one.")
+    out = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False,
+                output_hidden_states=True)
+    return out.hidden_states[-1][rows, source], out.logits[rows, source], targets, sequence
 
 
 def policy_outputs(model, batch: dict[str, torch.Tensor], value_head=None, entropy: bool = False,
@@ -129,9 +150,9 @@ def policy_outputs(model, batch: dict[str, torch.Tensor], value_head=None, entro
     policy's trunk), plus `sequence` (which example each target belongs to). With a sampling
     temperature T the distribution is softmax(logits / T): the policy the samples came from.
     """
-    hidden, logits, targets, sel = _target_hidden_and_logits(model, batch)
+    hidden, logits, targets, sequence = _target_hidden_and_logits(model, batch)
     logp_all = torch.log_softmax(logits.float() / temperature, dim=-1)
-    out = {"logps": logp_all.gather(-1, targets[:, None]).squeeze(-1), "sequence": batch["sequence_ids"][:, 1:][sel]}
+    out = {"logps": logp_all.gather(-1, targets[:, None]).squeeze(-1), "sequence": sequence}
     if entropy:
         with torch.no_grad():
             out["entropy"] = -(logp_all.exp() * logp_all).sum(-1)

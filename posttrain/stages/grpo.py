@@ -43,9 +43,10 @@ from posttrain.losses_grpo import (
     LOSS_TYPES, SCALES, batch_baseline_advantages, dapo_overlong_penalty, group_advantages, grpo_loss,
     rloo_advantages, zero_variance_groups,
 )
+from posttrain.modeling.attention import shares_prefixes
 from posttrain.modeling.forward import policy_outputs
 from posttrain.rewards import check_reward_spec
-from posttrain.rollouts import Rollout, rollout_batch, unflatten
+from posttrain.rollouts import Rollout, group_batch, rollout_batch, unflatten
 from posttrain.stages.base import Stage, StageData
 from posttrain.stages.common import checkpoint_dir, finalize_model, prepare_model
 from posttrain.stages.guard import resume_trainer
@@ -97,6 +98,7 @@ class GRPOOptions:
     dynamic_sampling: str = opt("off", "Groups whose rewards are all equal: keep (off), drop, or resample more prompts to refill the batch (DAPO).", choices=("off", "drop", "resample"))
     resample_rounds: int = opt(3, "With dynamic_sampling=resample: most extra sampling rounds per iteration.", ge=1)
     ref_model: str | None = opt(None, "Reference model directory for the KL; default: the starting model (with LoRA: adapters off).")
+    share_prompts: bool = opt(True, "In the update, lay each prompt out once for its G responses, which branch from it (the same loss and gradients, one prompt's work instead of G). Where posttrain's per-example attention runs: CPU, sdpa, llama-like families; elsewhere each response carries its prompt.")
 
 
 @dataclass
@@ -136,12 +138,14 @@ class GRPOObjective:
     """losses_grpo.grpo_loss on packed rollouts. Units: trained tokens (dapo, bnpo, cispo) or responses
     (grpo, dr_grpo), so micro-batch accumulation reproduces the loss of the whole minibatch."""
 
-    def __init__(self, pad_id: int, opts: GRPOOptions, temperature: float, max_new_tokens: int, fields: tuple[str, ...]):
+    def __init__(self, pad_id: int, opts: GRPOOptions, temperature: float, max_new_tokens: int, fields: tuple[str, ...],
+                 share_prompts: bool = False):
         self.pad_id, self.opts, self.temperature, self.max_new_tokens = pad_id, opts, temperature, max_new_tokens
         self.fields = ("advantages",) + fields
+        self.share_prompts = share_prompts  # rollouts.group_batch: each prompt once for its responses
 
     def collate(self, rollouts: list[Rollout]) -> dict:
-        return rollout_batch(rollouts, self.pad_id, self.fields)
+        return (group_batch if self.share_prompts else rollout_batch)(rollouts, self.pad_id, self.fields)
 
     def units(self, batch: dict) -> int:
         if self.opts.loss_type in ("grpo", "dr_grpo"):
@@ -235,7 +239,8 @@ All options: docs/options.md (section grpo)."""
         # same weights with the adapters off, else a frozen copy (track.every=0 and beta=0 spare its memory).
         ref = reference_policy(cfg, model.policy, device, wanted=cfg.rl.beta > 0 or cfg.track.every > 0)
         objective = GRPOObjective(tok.pad_token_id, cfg.rl, cfg.rollout.temperature, cfg.rollout.max_new_tokens,
-                                  self.annotations(cfg))
+                                  self.annotations(cfg),
+                                  share_prompts=cfg.rl.share_prompts and shares_prefixes(model.policy, device))
         iterations = cfg.train.max_steps if cfg.train.max_steps > 0 else max(
             1, math.ceil(cfg.train.epochs * len(data.train) / cfg.rollout.prompts_per_step))
         tcfg = replace(cfg.train, max_steps=iterations * cfg.rl.iterations * cfg.rl.minibatches, save_every=0)

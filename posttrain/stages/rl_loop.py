@@ -178,6 +178,12 @@ class RLLoop:
             size = math.ceil(len(order) / o.minibatches)
             for k in range(0, len(order), size):
                 items = [rollouts[i] for i in order[k:k + size]]
+                # Responses to one prompt side by side (by first appearance): micro-batches then hold whole
+                # groups, whose prompt a branched batch lays out once. The minibatch's loss is a sum: same value.
+                first = {}
+                for r in rollouts:
+                    first.setdefault(id(r.prompt), len(first))
+                items.sort(key=lambda r: first[id(r.prompt)])
                 steps.append(self.trainer.step([items[j:j + bs] for j in range(0, len(items), bs)]))
         return steps
 
