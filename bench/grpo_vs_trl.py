@@ -1,6 +1,7 @@
 """posttrain GRPO vs TRL's GRPOTrainer: the same model, prompts and iterations, in one run.
 
-    python bench/grpo_vs_trl.py                       # the shipped model, 4 prompts x G 4, 32 new tokens, 4 iterations
+    python bench/grpo_vs_trl.py                       # the shipped model, 4 prompts x G 8, 32 new tokens, 4 iterations
+    python bench/grpo_vs_trl.py --group-size 4        # G 4: less for posttrain to share
     python bench/grpo_vs_trl.py --model DIR --steps 3 # any model directory, with its own chat template
     python bench/grpo_vs_trl.py --prompts-per-step 8 --group-size 8 --max-new-tokens 64 --steps 6 --repeats 3
 
@@ -42,7 +43,8 @@ def parse_args(argv=None):
     common.add_common_args(p, SIDES, steps=4)
     p.set_defaults(warmup_steps=1, lr=1e-5)  # --steps counts iterations; posttrain grpo's learning rate
     p.add_argument("--prompts-per-step", type=int, default=4, help="P: prompts per iteration")
-    p.add_argument("--group-size", type=int, default=4, help="G: completions per prompt (at least 2, as TRL asks)")
+    p.add_argument("--group-size", type=int, default=8,
+                   help="G: completions per prompt (at least 2, as TRL asks; default TRL GRPOConfig's num_generations)")
     p.add_argument("--max-new-tokens", type=int, default=32, help="most tokens of a completion (stop token included)")
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature, also the trained policy's")
     p.add_argument("--loss-type", default="dapo", choices=LOSS_TYPES, help="loss aggregation (TRL's names)")
@@ -316,9 +318,11 @@ def report(res: dict, env: dict, args) -> str:
                     f"x{(pt['split']['update'] + pt['split']['other']) / max(trl['split']['update'], 1e-9):.2f}, "
                     f"train peak Δ x{pt['train_delta_mb'] / max(trl['train_delta_mb'], 1):.2f}, final mean reward "
                     f"{pt['final_reward'] - trl['final_reward']:+.3f}")
-    text += ["", "What differs (each library's own way): posttrain prefills each prompt once for its G samples and "
-             "drops finished rows from the batch; TRL's transformers `generate` prefills all P x G prompt copies and "
-             "keeps finished rows, padded, until the longest completion ends. Both stop on the same tokens "
+    text += ["", "What differs (each library's own way): posttrain prefills each prompt once for its G samples, "
+             "drops finished rows from the batch and decodes from the weights on a KV buffer (llama-like families); "
+             "its update lays each prompt out once for its G responses (CPU). TRL's transformers `generate` prefills "
+             "all P x G prompt copies and keeps finished rows, padded, until the longest completion ends, and its "
+             "update carries a copy of the prompt per completion. Both stop on the same tokens "
              f"(checked: {next((r['checked'] for r in res.values() if 'checked' in r), 'TRL not run')}). Completions "
              "are random on both sides, so their lengths (and the work) differ: compare the mean completion tokens."]
     return "\n".join(text)

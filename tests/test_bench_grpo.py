@@ -26,8 +26,8 @@ pytest.importorskip("trl")
 
 def test_options():
     a = bench.parse_args([])
-    assert (a.prompts_per_step, a.group_size, a.max_new_tokens, a.steps, a.warmup_steps) == (4, 4, 32, 4, 1)
-    assert (a.batch_size, a.loss_type, a.lr, a.temperature, a.side) == (16, "dapo", 1e-5, 1.0, None)
+    assert (a.prompts_per_step, a.group_size, a.max_new_tokens, a.steps, a.warmup_steps) == (4, 8, 32, 4, 1)
+    assert (a.batch_size, a.loss_type, a.lr, a.temperature, a.side) == (32, "dapo", 1e-5, 1.0, None)
     assert bench.parse_args(["--prompts-per-step", "3", "--group-size", "2", "--batch-size", "2"]).batch_size == 2
     for bad in (["--group-size", "1"], ["--batch-size", "5"], ["--loss-type", "sapo"]):
         with pytest.raises(SystemExit):

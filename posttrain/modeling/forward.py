@@ -165,8 +165,8 @@ def policy_outputs(model, batch: dict[str, torch.Tensor], value_head=None, entro
 def token_values(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """A value model's scalar head (`score`) on the hidden state before each target token, flattened [N] (fp32)."""
     base = unwrap(model)
-    sel = batch["loss_mask"][:, 1:].bool()
-    hidden = _trunk_hidden(base, batch)[:, :-1][sel]
+    rows, source, _, _ = target_index(batch)
+    hidden = _trunk_hidden(base, batch)[rows, source]
     with torch.autocast(device_type=hidden.device.type, enabled=False):
         return score_head(model)(hidden.float()).squeeze(-1)
 

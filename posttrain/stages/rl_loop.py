@@ -27,7 +27,7 @@ from posttrain.errors import TrainingInterrupted
 from posttrain.modeling.forward import policy_outputs, token_values
 from posttrain.models import autocast
 from posttrain.rewards import gold_reward, load_reward
-from posttrain.rollouts import Rollout, rollout_batch, unflatten
+from posttrain.rollouts import Rollout, group_batch, rollout_batch, unflatten
 from posttrain.training.trainer import TrainResult, peak_memory_mb
 
 TRACK_SEED = 424242  # the held-out prompts are answered with the same sampling noise at every measurement
@@ -104,8 +104,10 @@ class RLLoop:
         m.eval()
         for i in range(0, len(rollouts), bs):
             chunk = rollouts[i:i + bs]
+            # The update's layout (GRPO's shared prompts where it has them), so both passes round alike.
+            layout = group_batch if getattr(self.trainer.objective, "share_prompts", False) else rollout_batch
             batch = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v
-                     for k, v in rollout_batch(chunk, self.pad_id).items()}
+                     for k, v in layout(chunk, self.pad_id).items()}
             temp, flats = self.cfg.rollout.temperature, {}
             with autocast(self.dtype, self.device):
                 if "old_logps" in needs or ("old_values" in needs and m.value_head is not None):
