@@ -30,6 +30,7 @@ from, are the fp32 log-softmax of fp32 logits.
 from __future__ import annotations
 
 import inspect
+import os
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -157,12 +158,13 @@ def draw(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 class Engine:
     def __init__(self, model, tokenizer, batch_size: int = 32, dtype: str = "auto", overlong_prompt: str = "error",
-                 tools=None, fast_decode: bool = True):
+                 tools=None, fast_decode: bool | None = None):
         """overlong_prompt: what to do with a prompt that leaves no room for a reply in the model's
         context: "error" (raise OverlongPromptError naming it) or "truncate" (keep its last tokens).
         tools: a posttrain.tools.ToolRunner; chat() then renders the tools and runs the model's calls.
         fast_decode: run the steps after the prefill through posttrain.modeling.decode where the model's
-        family allows (the same logits up to float rounding, without transformers' per-call overhead)."""
+        family allows (the same logits up to float rounding, without transformers' per-call overhead).
+        None: yes, unless the environment sets POSTTRAIN_FAST_DECODE=0."""
         check_overlong_mode(overlong_prompt)
         self.model, self.tokenizer, self.batch_size, self.tools = model, tokenizer, batch_size, tools
         self.overlong_prompt = overlong_prompt
@@ -178,7 +180,7 @@ class Engine:
         self.keep_last_logits = "logits_to_keep" in forward_args
         # Decode steps straight from the weights where the family allows (posttrain.modeling.decode);
         # False keeps the transformers forward for every step.
-        self.fast_decode = fast_decode
+        self.fast_decode = os.environ.get("POSTTRAIN_FAST_DECODE", "1") != "0" if fast_decode is None else fast_decode
 
     def chat(self, conversations: list[list[dict]], params: SamplingParams, labels: list[str] | None = None
              ) -> list[Completion]:

@@ -125,3 +125,13 @@ def test_engine_samples_the_same_with_and_without_the_decoder(tiny_llama_dir):
     assert [c.token_ids for c in fast] == [c.token_ids for c in slow]
     for a, b in zip(fast, slow):
         torch.testing.assert_close(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-4, rtol=0)
+
+
+def test_the_environment_can_keep_the_transformers_forward(tiny_llama_dir, monkeypatch):
+    from posttrain.models import load_model_and_tokenizer
+
+    model, tok = load_model_and_tokenizer(tiny_llama_dir, "cpu")
+    assert Engine(model, tok).fast_decode is True
+    monkeypatch.setenv("POSTTRAIN_FAST_DECODE", "0")
+    assert Engine(model, tok).fast_decode is False
+    assert Engine(model, tok, fast_decode=True).fast_decode is True  # an explicit choice wins

@@ -10,9 +10,11 @@ arithmetic as a few fused tensor calls per layer on a preallocated KV buffer:
     x' = h + down(act(gate) * up)           with gate, up = split(rmsnorm(h) @ [Wg; Wu]^T)
     logits = rmsnorm(x_L) @ W_head^T        (fp32, as the engine's head_in_fp32 asks)
 
-The residual stream stays fp32 and the matrix products run in the compute dtype, which is what the
-transformers forward does under bf16 autocast with fp32 master weights. Rotary cos/sin come from the
-model's own rotary module, so every RoPE scaling type (llama3, yarn, ...) is the model's.
+The residual stream, the norms, RoPE and the softmax run in fp32 and the weight products in the compute
+dtype, as the transformers forward does under bf16 autocast with fp32 master weights; the KV buffer keeps
+the prefill cache's dtypes (under that autocast: fp32 keys, bf16 values), so it costs what transformers'
+cache would. Rotary cos/sin come from the model's own rotary module, so every RoPE scaling type (llama3,
+yarn, ...) is the model's.
 
 Only families whose decoder layer is exactly the above take this path (`Decoder.for_model` returns None
 for the rest, for a peft-wrapped model, or for a non-plain linear such as a quantised one); the engine
@@ -131,7 +133,8 @@ class Decoder:
         self.keys, self.values = [], []
         for layer_keys, layer_values in _cache_tensors(cache):
             for source, out in ((layer_keys, self.keys), (layer_values, self.values)):
-                buffer = source.new_zeros(batch, self.kv_heads, capacity, self.head_dim, dtype=torch.float32)
+                # The prefill cache's own dtype, so the buffer costs what transformers' cache would.
+                buffer = source.new_zeros(batch, self.kv_heads, capacity, self.head_dim)
                 buffer[:, :, :width] = source
                 out.append(buffer)
         self.bias = torch.full((batch, 1, 1, capacity), float("-inf"), device=attention_mask.device)
@@ -180,9 +183,10 @@ class Decoder:
             self.keys[i][:, :, t] = qk[:, heads:]
             # The query heads sharing a key/value head stack as rows of one product with its keys. Two
             # matmuls, not sdpa: 2 x 67 us against 226 us for sdpa's CPU kernel here (one query, ~100 keys).
-            q = qk[:, :heads].view(batch, self.kv_heads, heads // self.kv_heads, hd)
-            scores = torch.matmul(q, self.keys[i][:, :, : t + 1].transpose(-1, -2)).mul_(scale).add_(bias)
-            attended = torch.matmul(scores.softmax(-1), self.values[i][:, :, : t + 1])
+            keys, values = self.keys[i][:, :, : t + 1], self.values[i][:, :, : t + 1]
+            q = qk[:, :heads].view(batch, self.kv_heads, heads // self.kv_heads, hd).to(keys.dtype)
+            scores = torch.matmul(q, keys.transpose(-1, -2)).float().mul_(scale).add_(bias)
+            attended = torch.matmul(scores.softmax(-1).to(values.dtype), values)
             x.add_(F.linear(attended.reshape(batch, heads * hd).to(self.dtype), w["o"], w["o_bias"]))
             gate, up = F.linear(_rms_norm(x, w["mlp_norm"], self.eps).to(self.dtype), w["gate_up"],
                                 w["gate_up_bias"]).chunk(2, dim=-1)
