@@ -151,7 +151,8 @@ def policy_outputs(model, batch: dict[str, torch.Tensor], value_head=None, entro
     temperature T the distribution is softmax(logits / T): the policy the samples came from.
     """
     hidden, logits, targets, sequence = _target_hidden_and_logits(model, batch)
-    logp_all = torch.log_softmax(logits.float() / temperature, dim=-1)
+    logits = logits.float() if temperature == 1.0 else logits.float() / temperature  # x / 1 is x: skip the pass
+    logp_all = torch.log_softmax(logits, dim=-1)
     out = {"logps": logp_all.gather(-1, targets[:, None]).squeeze(-1), "sequence": sequence}
     if entropy:
         with torch.no_grad():
