@@ -135,3 +135,19 @@ def test_the_environment_can_keep_the_transformers_forward(tiny_llama_dir, monke
     monkeypatch.setenv("POSTTRAIN_FAST_DECODE", "0")
     assert Engine(model, tok).fast_decode is False
     assert Engine(model, tok, fast_decode=True).fast_decode is True  # an explicit choice wins
+
+
+@pytest.mark.parametrize("family", ["qwen2", "qwen3"])
+def test_unfused_projections_of_a_large_model_give_the_same_logits(family, monkeypatch):
+    """Past FUSE_BYTES the decoder keeps q/k/v and gate/up apart, using weights already in the compute
+    dtype as they are (no copy); the logits are the same."""
+    from posttrain.modeling import decode
+
+    model = _tiny(family)
+    ids, mask, pos, feed = _inputs()
+    ref = _transformers_steps(model, "fp32", ids, mask, pos, feed)
+    monkeypatch.setattr(decode, "FUSE_BYTES", 0)
+    d = Decoder.for_model(model, "fp32")
+    assert len(d.layers[0]["qkv"]) == 3 and d.layers[0]["qkv"][0][0] is model.model.layers[0].self_attn.q_proj.weight
+    got = _decoder_steps(model, "fp32", ids, mask, pos, feed, room=4)
+    torch.testing.assert_close(got, ref, atol=1e-4, rtol=0)

@@ -31,6 +31,16 @@ import torch.nn.functional as F
 # qwen3 adds a per-head RMSNorm on q and k before the rotation.
 FAMILIES = {"llama", "qwen2", "qwen3", "mistral"}
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+FUSE_BYTES = 512 * 2**20  # the most the fused q/k/v and gate/up copies may take, all layers together
+
+
+def _parts(linears, dtype: torch.dtype, fuse: bool) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+    """(weight, bias) in `dtype` of each linear, or one pair for all of them stacked (fuse)."""
+    pairs = [(m.weight.to(dtype), None if m.bias is None else m.bias.to(dtype)) for m in linears]
+    if not fuse or len(pairs) == 1:
+        return pairs
+    biases = [b if b is not None else w.new_zeros(w.shape[0]) for w, b in pairs]
+    return [(torch.cat([w for w, _ in pairs]), None if all(b is None for _, b in pairs) else torch.cat(biases))]
 
 
 def _plain_linear(module) -> bool:
@@ -50,9 +60,11 @@ def _cache_tensors(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return list(zip(cache.key_cache, cache.value_cache))
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+def _project(x: torch.Tensor, parts: list[tuple[torch.Tensor, torch.Tensor | None]]) -> torch.Tensor:
+    """x through one or several (weight, bias) projections, their outputs side by side."""
+    if len(parts) == 1:
+        return F.linear(x, *parts[0])
+    return torch.cat([F.linear(x, w, b) for w, b in parts], dim=-1)
 
 
 class Decoder:
@@ -97,25 +109,24 @@ class Decoder:
         self.embed = model.model.embed_tokens
         self.norm = model.model.norm.weight.float()
         self.head = model.get_output_embeddings().weight.float()
+        layers = model.model.layers
+        # Fused [Wq; Wk; Wv] and [Wg; Wu] save two matrix calls a layer, but they are copies: made only while
+        # they stay small (a 7B model's would take gigabytes). Unfused, a weight already in the compute dtype
+        # is used as it is, without a copy.
+        fused = sum(m.weight.numel() for layer in layers for m in (
+            layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj, layer.mlp.gate_proj,
+            layer.mlp.up_proj)) * torch.finfo(dtype).bits // 8 <= FUSE_BYTES
         self.layers = []
         with torch.no_grad():
-            for layer in model.model.layers:
+            for layer in layers:
                 a, m = layer.self_attn, layer.mlp
-                qkv = [a.q_proj, a.k_proj, a.v_proj]
-                bias = None
-                if any(p.bias is not None for p in qkv):
-                    bias = torch.cat([p.bias if p.bias is not None else p.weight.new_zeros(p.out_features)
-                                      for p in qkv]).to(dtype)
                 self.layers.append(dict(
                     attn_norm=layer.input_layernorm.weight.float(),
                     mlp_norm=layer.post_attention_layernorm.weight.float(),
-                    qkv=torch.cat([p.weight for p in qkv]).to(dtype), qkv_bias=bias,
-                    o=a.o_proj.weight.to(dtype), o_bias=None if a.o_proj.bias is None else a.o_proj.bias.to(dtype),
-                    gate_up=torch.cat([m.gate_proj.weight, m.up_proj.weight]).to(dtype),
-                    gate_up_bias=(None if m.gate_proj.bias is None
-                                  else torch.cat([m.gate_proj.bias, m.up_proj.bias]).to(dtype)),
-                    down=m.down_proj.weight.to(dtype), down_bias=None if m.down_proj.bias is None else
-                    m.down_proj.bias.to(dtype),
+                    qkv=_parts([a.q_proj, a.k_proj, a.v_proj], dtype, fused),
+                    o=_parts([a.o_proj], dtype, False)[0],
+                    gate_up=_parts([m.gate_proj, m.up_proj], dtype, fused),
+                    down=_parts([m.down_proj], dtype, False)[0],
                     q_norm=None if getattr(a, "q_norm", None) is None else a.q_norm.weight.float(),
                     k_norm=None if getattr(a, "k_norm", None) is None else a.k_norm.weight.float(),
                     eps=getattr(getattr(a, "q_norm", None), "variance_epsilon", self.eps),
@@ -173,7 +184,7 @@ class Decoder:
         qk_size, scale = (heads + self.kv_heads) * hd, hd ** -0.5
         bias = self.bias[..., : t + 1]
         for i, w in enumerate(self.layers):
-            qkv = F.linear(_rms_norm(x, w["attn_norm"], self.eps).to(self.dtype), w["qkv"], w["qkv_bias"])
+            qkv = _project(_rms_norm(x, w["attn_norm"], self.eps).to(self.dtype), w["qkv"])
             qk = qkv[:, :qk_size].view(batch, heads + self.kv_heads, hd).float()
             self.values[i][:, :, t] = qkv[:, qk_size:].view(batch, self.kv_heads, hd)
             if w["q_norm"] is not None:
@@ -187,10 +198,9 @@ class Decoder:
             q = qk[:, :heads].view(batch, self.kv_heads, heads // self.kv_heads, hd).to(keys.dtype)
             scores = torch.matmul(q, keys.transpose(-1, -2)).float().mul_(scale).add_(bias)
             attended = torch.matmul(scores.softmax(-1).to(values.dtype), values)
-            x.add_(F.linear(attended.reshape(batch, heads * hd).to(self.dtype), w["o"], w["o_bias"]))
-            gate, up = F.linear(_rms_norm(x, w["mlp_norm"], self.eps).to(self.dtype), w["gate_up"],
-                                w["gate_up_bias"]).chunk(2, dim=-1)
-            x.add_(F.linear(self.act(gate) * up, w["down"], w["down_bias"]))
+            x.add_(F.linear(attended.reshape(batch, heads * hd).to(self.dtype), *w["o"]))
+            gate, up = _project(_rms_norm(x, w["mlp_norm"], self.eps).to(self.dtype), w["gate_up"]).chunk(2, dim=-1)
+            x.add_(F.linear(self.act(gate) * up, *w["down"]))
         return F.linear(_rms_norm(x, self.norm, self.eps), self.head)
 
 
