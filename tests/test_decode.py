@@ -151,3 +151,16 @@ def test_unfused_projections_of_a_large_model_give_the_same_logits(family, monke
     assert len(d.layers[0]["qkv"]) == 3 and d.layers[0]["qkv"][0][0] is model.model.layers[0].self_attn.q_proj.weight
     got = _decoder_steps(model, "fp32", ids, mask, pos, feed, room=4)
     torch.testing.assert_close(got, ref, atol=1e-4, rtol=0)
+
+
+def test_a_bf16_model_decodes_without_fp32_copies_and_close_to_its_forward():
+    """bf16 weights (a GPU user's model): the head runs in its own dtype, as the transformers path does, and
+    the decoder holds no fp32 copy of it; logits agree with the transformers forward to bf16 precision."""
+    model = _tiny("llama", seed=5).to(torch.bfloat16)
+    ids, mask, pos, feed = _inputs(seed=6)
+    d = Decoder.for_model(model, "bf16")
+    assert d.head is model.get_output_embeddings().weight
+    ref = _transformers_steps(model, "bf16", ids, mask, pos, feed)
+    got = _decoder_steps(model, "bf16", ids, mask, pos, feed, room=8)
+    assert got.dtype == torch.float32
+    assert (got - ref).abs().mean() < 0.02 * ref.std(), ((got - ref).abs().mean(), ref.std())

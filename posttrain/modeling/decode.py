@@ -8,7 +8,8 @@ arithmetic as a few fused tensor calls per layer on a preallocated KV buffer:
 
     h = x + o(attn(rope(q), rope(k), v))   with q, k, v = split(x_n @ [Wq; Wk; Wv]^T + b),  x_n = rmsnorm(x)
     x' = h + down(act(gate) * up)           with gate, up = split(rmsnorm(h) @ [Wg; Wu]^T)
-    logits = rmsnorm(x_L) @ W_head^T        (fp32, as the engine's head_in_fp32 asks)
+    logits = rmsnorm(x_L) @ W_head^T        (in the head's own dtype: fp32 master weights give fp32 logits,
+                                             as the engine's head_in_fp32 asks)
 
 The residual stream, the norms, RoPE and the softmax run in fp32 and the weight products in the compute
 dtype, as the transformers forward does under bf16 autocast with fp32 master weights; the KV buffer keeps
@@ -108,7 +109,7 @@ class Decoder:
         self.rotary = model.model.rotary_emb
         self.embed = model.model.embed_tokens
         self.norm = model.model.norm.weight.float()
-        self.head = model.get_output_embeddings().weight.float()
+        self.head = model.get_output_embeddings().weight  # its own dtype, as the engine's head_in_fp32: no copy
         layers = model.model.layers
         # Fused [Wq; Wk; Wv] and [Wg; Wu] save two matrix calls a layer, but they are copies: made only while
         # they stay small (a 7B model's would take gigabytes). Unfused, a weight already in the compute dtype
@@ -201,7 +202,7 @@ class Decoder:
             x.add_(F.linear(attended.reshape(batch, heads * hd).to(self.dtype), *w["o"]))
             gate, up = _project(_rms_norm(x, w["mlp_norm"], self.eps).to(self.dtype), w["gate_up"]).chunk(2, dim=-1)
             x.add_(F.linear(self.act(gate) * up, *w["down"]))
-        return F.linear(_rms_norm(x, self.norm, self.eps), self.head)
+        return F.linear(_rms_norm(x, self.norm, self.eps).to(self.head.dtype), self.head).float()
 
 
 _ACTS = {"silu": F.silu, "swish": F.silu, "gelu": F.gelu, "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh")}
