@@ -174,18 +174,17 @@ class RLLoop:
         o, bs = self.cfg.rl, self.cfg.train.batch_size
         steps = []
         self.model.train()
+        # Responses to one prompt side by side (by first appearance): micro-batches then hold whole groups,
+        # whose prompt a branched batch lays out once. A minibatch's loss is a sum: the order leaves it alone.
+        first: dict[int, int] = {}
+        for r in rollouts:
+            first.setdefault(id(r.prompt), len(first))
         for _ in range(getattr(o, "epochs", getattr(o, "iterations", 1))):  # PPO epochs, GRPO μ
             order = list(range(len(rollouts)))
             rng.shuffle(order)
             size = math.ceil(len(order) / o.minibatches)
             for k in range(0, len(order), size):
-                items = [rollouts[i] for i in order[k:k + size]]
-                # Responses to one prompt side by side (by first appearance): micro-batches then hold whole
-                # groups, whose prompt a branched batch lays out once. The minibatch's loss is a sum: same value.
-                first = {}
-                for r in rollouts:
-                    first.setdefault(id(r.prompt), len(first))
-                items.sort(key=lambda r: first[id(r.prompt)])
+                items = sorted((rollouts[i] for i in order[k:k + size]), key=lambda r: first[id(r.prompt)])
                 steps.append(self.trainer.step([items[j:j + bs] for j in range(0, len(items), bs)]))
         return steps
 
