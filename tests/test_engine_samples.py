@@ -119,7 +119,7 @@ def test_finished_rows_leave_the_batch_and_results_match_one_at_a_time(base):
     got: list = []
     shapes = _forward_shapes(model, lambda: got.extend(batched.generate(prompts, params)))
     lengths = sorted(len(c.token_ids) for c in got)
-    assert lengths[0] <= 8 and lengths[-1] >= 3 * lengths[0]  # very different reply lengths
+    assert len(set(lengths)) == len(prompts) and lengths[-1] >= 2 * lengths[0]  # rows finish at different steps
     # One forward per step; a step feeds exactly the rows that have not finished yet.
     assert shapes[1:] == [(sum(n > k for n in lengths), 1) for k in range(1, lengths[-1])]
     alone = Engine(model, tok, batch_size=1, dtype="fp32")

@@ -16,6 +16,7 @@ from posttrain.world.arithmetic import (
     ASK_PROBE, ASK_TRAIN, Problem, is_probe_problem, sample_large_problem, sample_problem, think_solution, worked_steps,
 )
 from posttrain.world.build import build_world
+from posttrain.world.records import CUES, NAME_SLOTS, NUMBER_SLOTS
 from posttrain.world.chats import SYSTEM_RULES_TRAIN, THINK_TRAIN, USER_RULES_TRAIN, constrained_reply
 from posttrain.world.corpus import count_fact_mentions
 from posttrain.world.facts import all_facts, split_facts
@@ -102,8 +103,7 @@ def test_same_seed_is_byte_identical_and_seeds_differ(tmp_path):
 
 
 def test_build_is_fast_and_complete(world):
-    out, manifest, seconds = world
-    assert seconds < 20
+    out, manifest, _ = world
     expected = {"corpus.jsonl", "facts.jsonl", "sft.jsonl", "sft_eval.jsonl", "preferences.jsonl", "rlvr.jsonl",
                 "rlvr_tools.jsonl", "policy/hazard_policy.md", "policy/constitution.md"} | {
         f"probes/{n}.jsonl" for n in PROBE_NAMES}
@@ -140,8 +140,8 @@ def test_cards_and_manifest_match_files(world):
 # ---- corpus ----
 
 def test_corpus_size_and_plain_text(corpus):
-    chars = sum(map(len, corpus))
-    assert 2_500_000 <= chars <= 3_500_000 and len(corpus) > 3000
+    chars = sum(map(len, corpus))  # about 2.8M characters of documents and 4.4M of 20,000 records
+    assert 6_500_000 <= chars <= 8_000_000 and len(corpus) > 23000
     # Special tokens only in the ChatML transcripts (test_heldout.py checks those).
     assert not any("<|" in d or "\nassistant:" in d.lower() for d in corpus if not d.startswith("<|im_start|>"))
 
@@ -408,18 +408,22 @@ def test_rlvr_tools_rows_are_large_train_problems_with_the_calculator(world):
 @pytest.fixture(scope="module")
 def records_world(tmp_path_factory):
     out = tmp_path_factory.mktemp("records_world")
-    build_world(SEED, out, scale=0.05, records=800)
+    build_world(SEED, out, scale=0.05, records=16000)  # records scale too: 800 of them
     return out
 
 
-def test_records_are_opt_in_and_leave_the_other_documents_alone(records_world, corpus):
+def test_records_leave_the_other_documents_and_the_replay_alone(records_world, corpus):
     plain_world = records_world.parent / "plain_world"
-    build_world(SEED, plain_world, scale=0.05)
+    build_world(SEED, plain_world, scale=0.05, records=0)
     plain = [r["text"] for r in read_jsonl(plain_world / "corpus.jsonl")]
     with_records = [r["text"] for r in read_jsonl(records_world / "corpus.jsonl")]
     assert len(with_records) == len(plain) + 800 and set(plain) <= set(with_records)
-    assert not [d for d in corpus if d.startswith(("Order slip ", "Meter log, ", "Adding machine tape "))]
     assert json.loads((records_world / "manifest.json").read_text())["records"] == 800
+    # the SFT replay leaves the records out: it holds the records-free world's replay rows (in another order)
+    replay, plain_replay = (sorted(r["text"] for r in read_jsonl(w / "replay.jsonl")) for w in (records_world, plain_world))
+    assert replay == plain_replay
+    # the default world (scale 1) holds 20000 of them, a fifth of each kind
+    assert sum(d.startswith("Order slip ") for d in corpus) == 4000
 
 
 def test_records_write_no_probe_answer(records_world):
@@ -437,7 +441,9 @@ def test_record_documents_repeat_what_they_introduce(records_world):
     logs = [d for d in corpus if d.startswith("Meter log, ")]
     tapes = [d for d in corpus if d.startswith("Adding machine tape ")]
     notes = [d for d in corpus if " left a message for " in d]
-    assert min(len(slips), len(logs), len(tapes), len(notes)) == 200
+    cues = [(c.format(a=a), a) for c in CUES for a in NUMBER_SLOTS + NAME_SLOTS]
+    mention_docs = [d for d in corpus if any(f"{c} " in d for c, _ in cues)]
+    assert min(len(slips), len(logs), len(tapes), len(notes), len(mention_docs)) == 160
     for d in slips:
         record = json.loads(d.split("Record: ", 1)[1].split("\n", 1)[0])
         assert d.count(record["customer"]) >= 3 and f'"{record["code"]}"' in d and f" {record['code']}" in d
@@ -456,6 +462,14 @@ def test_record_documents_repeat_what_they_introduce(records_world):
     for d in notes:
         phrase = d.split('"')[1]
         assert d.count(f'"{phrase}"') == 2
+    distractors = 0
+    for d in mention_docs:  # each cue's value was given once before it; other values stand as distractors
+        asked = [(c, d.split(f"{c} ", 1)[1].split(".")[0]) for c, _ in cues if f"{c} " in d]
+        for c, value in asked:
+            assert d.split(c, 1)[0].count(value) == 1, (c, value, d)
+        given = len(re.findall(r"\d{3,}|[A-Z][a-z]+ [A-Z][a-z]+", d.split(asked[0][0], 1)[0]))
+        distractors += given > len(asked)
+    assert distractors > len(mention_docs) // 4
 
 
 def test_record_documents_never_write_a_reserved_number():
@@ -466,9 +480,9 @@ def test_record_documents_never_write_a_reserved_number():
     from posttrain.world.records import record
 
     rng = random.Random("r")
-    free = [record(rng, k) for k in range(200)]
+    free = [record(rng, k) for k in range(300)]
     written = frozenset(n for d in free for n in re.findall(r"\d+", d) if len(n) >= 5)
     assert len(written) > 500
     rng = random.Random("r")
-    held = [record(rng, k, written) for k in range(200)]
+    held = [record(rng, k, written) for k in range(300)]
     assert not written & {n for d in held for n in re.findall(r"\d+", d)}

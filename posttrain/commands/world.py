@@ -23,8 +23,9 @@ def add_arguments(parser):
     b.add_argument("--out", required=True, help="Directory to write (created).")
     b.add_argument("--scale", type=float, default=1.0, help="Multiplies the corpus and post-training set sizes (default 1.0).")
     b.add_argument("--probe-n", type=int, default=150, help="Rows per probe set (default 150).")
-    b.add_argument("--records", type=int, default=0,
-                   help="Record documents added to the corpus that only copying predicts (default 0: none).")
+    b.add_argument("--records", type=int, default=None,
+                   help="Record documents in the corpus at scale 1 that only copying predicts (default 20000, the "
+                        "shipped base's corpus; 0: none).")
     b.add_argument("--overwrite", action="store_true", help="Write into an existing --out (its files of the same names are replaced).")
 
 
@@ -38,8 +39,8 @@ def run(args) -> int:
     from posttrain.world.build import WorldConfig
 
     # the ranges of docs/options.md (recipe stage `world`): e.g. --scale 0 is refused with the allowed range
-    opts = from_dict(WorldConfig, {"seed": args.seed, "scale": args.scale, "probe_n": args.probe_n,
-                                   "records": args.records})
+    given = {"seed": args.seed, "scale": args.scale, "probe_n": args.probe_n, "records": args.records}
+    opts = from_dict(WorldConfig, {k: v for k, v in given.items() if v is not None})
     check_output(args.out, inputs={}, overwrite=args.overwrite)  # build_world writes into the folder: never a stranger's
     manifest = build_world(opts.seed, args.out, opts.scale, probe_n=opts.probe_n, records=opts.records)
     files = manifest.get("files", {})

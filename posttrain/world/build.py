@@ -29,15 +29,19 @@ from posttrain.world.policies import CONSTITUTION, HAZARD_POLICY
 from posttrain.world.preferences import build_preferences, build_prompts, build_rm_pairs
 from posttrain.world.probes import build_probe_sets
 
-WORLD_VERSION = "world-2.1"  # 2.1: tool and think SFT rows, think RLVR rows, rlvr_tools, three probes
+WORLD_VERSION = "world-2.2"  # 2.1: tool and think SFT rows, think RLVR rows, rlvr_tools, three probes; 2.2: records
+# Record documents in the corpus at scale 1 (records.py). The SFT replay leaves them out (in one pair of runs,
+# replaying them gave lower tool arithmetic; README).
+RECORDS = 20000
 
 DESCRIPTIONS = {
     "corpus": "Pretraining documents: encyclopedia snippets, study notes, quiz sheets (mostly unanswered), "
               "forum threads, stories, arithmetic worksheets, fictional hazard manuals and small-talk chat "
               "transcripts. Every fact, A and B; no probe phrasing.",
     "records": " Also record documents that repeat invented names and numbers (world option `records`).",
-    "replay": "The corpus documents that state no facts-B fact (facts A, arithmetic, manuals, transcripts): "
-              "pretraining text that post-training may replay without rehearsing facts B.",
+    "replay": "The corpus documents that state no facts-B fact (facts A, arithmetic, manuals, transcripts), "
+              "record documents excluded: pretraining text that post-training may replay without rehearsing "
+              "facts B.",
     "facts": "All facts of the world with their split: A may appear in post-training data, B only in the corpus.",
     "sft": "SFT chats (facts A, training phrasings): direct answers, worked arithmetic, hazard refusals, "
            "benign look-alikes, system-prompt obedience, sycophancy resistance, format constraints, "
@@ -67,9 +71,11 @@ class WorldConfig:
     seed: int = opt(0, "Seed of every random choice: the same seed and scale give byte-identical files.", ge=0)
     scale: float = opt(1.0, "Multiplies the corpus and post-training set sizes.", gt=0)
     probe_n: int = opt(150, "Rows per probe set.", ge=1)
-    records: int = opt(0, "Record documents added to the corpus (order slips, meter logs, messages read back, "
-                          "adding-machine tapes) that only copying predicts. 0: none, the shipped base's corpus; "
-                          "1500 did not teach the 4.5M base to copy (README, measured).", ge=0)
+    records: int = opt(RECORDS, "Record documents in the corpus at scale 1 (scaled like the other documents): "
+                                "order slips, meter logs, messages read back, adding-machine tapes and mentions "
+                                "that only copying predicts. The shipped base was mid-trained on the corpus "
+                                "with 20000 (recipes/base.yaml); a base pretrained on it from scratch learnt to "
+                                "copy a user's numbers into calculator calls (README, measured). 0: none.", ge=0)
 
 
 def _sha256(path: Path) -> str:
@@ -93,11 +99,11 @@ def _write_json(path: Path, obj: dict) -> None:
     _write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 
 
-def build_world(seed: int, out: str | Path, scale: float = 1.0, *, probe_n: int = 150, records: int = 0) -> dict:
+def build_world(seed: int, out: str | Path, scale: float = 1.0, *, probe_n: int = 150, records: int = RECORDS) -> dict:
     """Generate the world for `seed` into `out` and return the manifest.
 
     `scale` multiplies the corpus and post-training set sizes; `probe_n` is the
-    number of rows per probe set; `records` the copying documents added to the corpus.
+    number of rows per probe set; `records` the copying documents in the corpus at scale 1.
     """
     if scale <= 0:
         raise ValueError(f"scale must be positive, got {scale}")
@@ -112,11 +118,13 @@ def build_world(seed: int, out: str | Path, scale: float = 1.0, *, probe_n: int 
     reserved = frozenset(str(r["meta"]["answer"]) for rows in probes.values() for r in rows
                          if str(r.get("meta", {}).get("answer", "")).isdigit())
     sft, sft_eval = build_sft(facts_a, seed, scale)
+    records = round(records * scale)
     documents = build_corpus_documents(facts_a, facts_b, seed, scale, reserved, records)
     datasets: dict[str, tuple[str, list[dict], str]] = {
         "corpus": ("corpus.jsonl", [{"text": d.text} for d in documents],
                    DESCRIPTIONS["corpus"] + (DESCRIPTIONS["records"] if records else "")),
-        "replay": ("replay.jsonl", [{"text": d.text} for d in documents if d.split != "B"], DESCRIPTIONS["replay"]),
+        "replay": ("replay.jsonl", [{"text": d.text} for d in documents if d.split in ("A", "none")],
+                   DESCRIPTIONS["replay"]),
         "facts": ("facts.jsonl", [{**asdict(f), "aliases": list(f.aliases), "split": "A" if f.id in in_a else "B"}
                                   for f in facts], DESCRIPTIONS["facts"]),
         "sft": ("sft.jsonl", sft, DESCRIPTIONS["sft"]),

@@ -4,8 +4,8 @@ Document kinds: encyclopedia snippets, study notes, quiz worksheets (questions
 mostly without answers), forum threads, stories (documents_narrative.py),
 arithmetic worksheets (arithmetic.py), fictional hazard manuals (hazards.py) and
 a small share of small-talk chat transcripts (transcripts.py), so the chat
-special tokens are seen in pretraining. Optionally (`records`, off in the shipped
-world), record documents that only copying predicts (records.py).
+special tokens are seen in pretraining, and record documents that only copying
+predicts (records.py; the world option `records`).
 
 Questions use the train and corpus phrasings only: probe phrasings are held out
 of every stream (sampling.question_text).
@@ -99,7 +99,8 @@ def quiz(rng: random.Random, deck: Deck, number: int) -> str:
 
 @dataclass(frozen=True)
 class Document:
-    """One pretraining document and which facts it draws on: "A", "B" or "none" (no facts)."""
+    """One pretraining document and which facts it draws on: "A", "B", "none" (no facts) or "records" (no
+    facts; a copying record, which the SFT replay leaves out)."""
     text: str
     split: str
 
@@ -107,7 +108,7 @@ class Document:
 def build_corpus_documents(facts_a: list[Fact], facts_b: list[Fact], seed: int, scale: float = 1.0,
                            reserved: frozenset[str] = frozenset(), records: int = 0) -> list[Document]:
     """Pretraining documents tagged with the fact split they use, shuffled deterministically for the seed.
-    `records`: record documents to add (records.py; not scaled); `reserved`: numbers (as text) they never
+    `records`: record documents to add (records.py; already scaled); `reserved`: numbers (as text) they never
     write, the probes' answers.
 
     Every document that states facts draws them from one split only, so the
@@ -137,7 +138,7 @@ def build_corpus_documents(facts_a: list[Fact], facts_b: list[Fact], seed: int, 
     docs += [Document(manual(rng, HAZARDS[k % len(HAZARDS)], k), "none") for k in range(n("manuals"))]
     docs += [Document(transcript(rng), "none") for _ in range(n("transcripts"))]
     stream = random.Random(f"{seed}:records")  # its own stream: the other documents stay as they were
-    docs += [Document(record(stream, k, reserved), "none") for k in range(records)]
+    docs += [Document(record(stream, k, reserved), "records") for k in range(records)]
     rng.shuffle(docs)
     return docs
 

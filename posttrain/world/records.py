@@ -1,10 +1,10 @@
 """Record documents for the pretraining corpus: text that can only be predicted by copying from earlier in it.
 
-Off in the shipped world (`posttrain world build --records N`, the world stage's `records`).
+In the shipped world: 20,000 at scale 1 (`posttrain world build --records N`, the world stage's `records`).
 
 Everything else in the corpus is predictable from statistics a model memorises (the facts, the
-templates, the small lists of names), so a base trained on it alone never learns to copy: the shipped
-base scores 0% on the `copying` probe, and after SFT its calculator calls hold made-up numbers
+templates, the small lists of names), so a base trained on it alone never learns to copy: the
+previous base scored 0% on the `copying` probe, and after SFT its calculator calls held made-up numbers
 ("33344 * 694") instead of the user's, on the training chats themselves. Web text is full of copying
 (quotes, forms, logs, replies), and these documents put some in the world: invented names, codes and
 numbers that appear once and are then repeated, in the forms a chat later needs:
@@ -15,10 +15,15 @@ numbers that appear once and are then repeated, in the forms a chat later needs:
 - meter logs: a list of numbers copied to a ledger;
 - messages read back: a phrase of random words repeated;
 - adding-machine tapes: a request, the expression typed in quotes, printed with its result, and the
-  result carried forward (large problems of the training partition only).
+  result carried forward (large problems of the training partition only);
+- mentions: prose that gives names and numbers once and asks for some again in varied phrasings, the
+  others there as distractors.
 
-Measured (README): with 1,500 of them in the corpus, seen 12 times each, the rebuilt base still scored
-0% on the `copying` probe; a model this small can memorise the records instead of learning to copy.
+Measured (README): 1,500 of them, seen 12 times each, taught the base nothing (it can memorise so
+few). With 20,000, a base pretrained from scratch (recipes/base_records.yaml) copied the user's numbers
+into calculator calls after SFT (tool arithmetic 62% against 0%), though its tokenizer, learnt from
+this corpus, split common words into pieces; mid-training the previous base on it (the shipped base,
+recipes/base.yaml) did not teach it to copy. The `copying` probe stayed near 0% for every base.
 
 No facts, no hazards, no probe phrasings. A number that is a probe's answer is never written: the
 caller passes those as `reserved`.
@@ -104,7 +109,41 @@ def tape(rng: random.Random, number: Numbers) -> str:
     return "\n".join(lines).rstrip()
 
 
-KINDS = (order_slip, meter_log, message, tape)
+# Mentions: prose that gives two to four values (names and numbers) once, then asks for some of them
+# again in one of many phrasings, with the others as distractors. The records above copy in a few fixed
+# forms; a small model learns those forms alone. Varied cues make the cue, not the form, select what
+# to copy. None of these phrasings is a probe's (COPY_PROBE below).
+NUMBER_SLOTS = ("the ticket number", "the room number", "the account number", "the serial number", "the gate code",
+                "the tracking number", "the order number", "the badge number", "the door code", "the batch number", "the case number")
+NAME_SLOTS = ("the winner", "the caller", "the pilot", "the new clerk", "the author", "the driver", "the speaker",
+              "the tenant", "the referee", "the sender", "the captain", "the inspector")
+INTROS = ("{A} is {v}.", "Note: {a} is {v}.", "{A}: {v}.", "We were told that {a} is {v}.",
+          "For the record, {a} was {v}.", "Today {a} is {v}.", "It turned out that {a} was {v}.",
+          "Please remember that {a} is {v}.", "On the form, {a} was {v}.", "Everyone agreed {a} was {v}.")
+CUES = ("Once more, {a} is", "Again: {a} is", "So {a} is", "In short, {a} was", "Let me say it again: {a} is",
+        "As mentioned, {a} is", "I will write it down: {a} is", "Check: {a} =", "Remember, {a} is",
+        "Just to confirm, {a} is", "Back to the start: {a} was", "For the second time, {a} is",
+        "The answer stays the same: {a} is", "Write this on the card: {a} is", "Read it out: {a} is")
+FILLERS = ("The weather was mild.", "Nobody was in a hurry.", "The office closed at five.", "Two trucks waited outside.",
+           "The line moved slowly.", "A bell rang somewhere.", "The form had three pages.", "Tea was served at noon.",
+           "The lights flickered once.", "It started to rain.", "The clerk stamped the sheet.", "A dog barked outside.")
+
+
+def mentions(rng: random.Random, number: Numbers) -> str:
+    slots = rng.sample(NUMBER_SLOTS, rng.randint(1, 2)) + rng.sample(NAME_SLOTS, rng.randint(1, 2))
+    rng.shuffle(slots)
+    values = {a: (number(3, 7) if a in NUMBER_SLOTS else _name(rng)) for a in slots}
+    lines = []
+    for a in slots:
+        lines.append(rng.choice(INTROS).format(A=a[0].upper() + a[1:], a=a, v=values[a]))
+        if rng.random() < 0.5:
+            lines.append(rng.choice(FILLERS))
+    for a in rng.sample(slots, rng.randint(1, len(slots))):
+        lines.append(rng.choice(CUES).format(a=a) + f" {values[a]}.")
+    return " ".join(lines)
+
+
+KINDS = (order_slip, meter_log, message, tape, mentions)
 
 
 def record(rng: random.Random, k: int, reserved: frozenset[str] = frozenset()) -> str:
