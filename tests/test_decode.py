@@ -9,7 +9,8 @@ from posttrain.engine import Engine, SamplingParams
 from posttrain.models import autocast, head_in_fp32
 from posttrain.modeling.decode import Decoder
 
-CPU = torch.device("cpu")
+# Every logits check runs on CPU, and on CUDA where there is a GPU (CI has none; a GPU machine runs them all).
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"))]
 
 
 def _tiny(family: str, seed: int = 0, **extra):
@@ -25,19 +26,20 @@ def _tiny(family: str, seed: int = 0, **extra):
     return getattr(transformers, f"{names}ForCausalLM")(config).eval()
 
 
-def _inputs(batch=5, width=9, steps=7, seed=1):
+def _inputs(batch=5, width=9, steps=7, seed=1, device="cpu"):
     """Left-padded prompts (rows 0, 2, 4 padded by 3) and the tokens fed after them."""
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(2, 96, (batch, width), generator=g)
     mask = torch.ones(batch, width, dtype=torch.long)
     mask[::2, :3] = 0
-    return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0), torch.randint(2, 96, (steps, batch), generator=g)
+    out = ids, mask, (mask.cumsum(-1) - 1).clamp(min=0), torch.randint(2, 96, (steps, batch), generator=g)
+    return tuple(t.to(device) for t in out)
 
 
 def _transformers_steps(model, dtype, ids, mask, pos, feed):
     """Next-token logits after each fed token, through the transformers forward and its cache."""
     out = []
-    with torch.no_grad(), autocast(dtype, CPU), head_in_fp32(model, CPU):
+    with torch.no_grad(), autocast(dtype, ids.device), head_in_fp32(model, ids.device):
         o = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
         cache, p = o.past_key_values, pos[:, -1]
         for tokens in feed:
@@ -52,7 +54,7 @@ def _transformers_steps(model, dtype, ids, mask, pos, feed):
 def _decoder_steps(model, dtype, ids, mask, pos, feed, room):
     """The same through the Decoder, from the transformers prefill; rows 1 and 3 leave after two steps."""
     out = []
-    with torch.no_grad(), autocast(dtype, CPU), head_in_fp32(model, CPU):
+    with torch.no_grad(), autocast(dtype, ids.device), head_in_fp32(model, ids.device):
         o = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
         decoder = Decoder.for_model(model, dtype)
         decoder.start(o.past_key_values, mask, room=room)
@@ -63,11 +65,12 @@ def _decoder_steps(model, dtype, ids, mask, pos, feed, room):
     return torch.stack(out)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3"])
 @pytest.mark.parametrize("room", [1, 16])  # 1: the KV buffer grows (as tool turns make it)
-def test_decoder_logits_equal_the_transformers_forward_in_fp32(family, room):
-    model = _tiny(family)
-    ids, mask, pos, feed = _inputs()
+def test_decoder_logits_equal_the_transformers_forward_in_fp32(family, room, device):
+    model = _tiny(family).to(device)
+    ids, mask, pos, feed = _inputs(device=device)
     ref = _transformers_steps(model, "fp32", ids, mask, pos, feed)
     got = _decoder_steps(model, "fp32", ids, mask, pos, feed, room)
     assert got.dtype == torch.float32 and got.shape == ref.shape == (7, 5, 96)
@@ -91,11 +94,12 @@ def test_decoder_drops_rows_like_the_cache():
     torch.testing.assert_close(got, ref, atol=1e-4, rtol=0)
 
 
-def test_bf16_decoder_is_as_close_to_fp32_as_the_transformers_bf16_forward():
+@pytest.mark.parametrize("device", DEVICES)
+def test_bf16_decoder_is_as_close_to_fp32_as_the_transformers_bf16_forward(device):
     """bf16 matmuls round, on both paths; the decoder keeps attention and the residual stream in fp32,
     so its logits sit at least as close to the fp32 ones as the transformers forward's under autocast."""
-    model = _tiny("llama", seed=3)
-    ids, mask, pos, feed = _inputs(seed=4)
+    model = _tiny("llama", seed=3).to(device)
+    ids, mask, pos, feed = _inputs(seed=4, device=device)
     exact = _transformers_steps(model, "fp32", ids, mask, pos, feed)
     theirs = (_transformers_steps(model, "bf16", ids, mask, pos, feed) - exact).abs().mean()
     ours = (_decoder_steps(model, "bf16", ids, mask, pos, feed, room=8) - exact).abs().mean()
@@ -113,10 +117,11 @@ def test_models_outside_the_decoder_keep_the_transformers_forward():
     assert Decoder.for_model(wrapped.get_base_model(), "fp32") is None
 
 
-def test_engine_samples_the_same_with_and_without_the_decoder(tiny_llama_dir):
+@pytest.mark.parametrize("device", DEVICES)
+def test_engine_samples_the_same_with_and_without_the_decoder(tiny_llama_dir, device):
     from posttrain.models import load_model_and_tokenizer
 
-    model, tok = load_model_and_tokenizer(tiny_llama_dir, "cpu")
+    model, tok = load_model_and_tokenizer(tiny_llama_dir, device)
     prompts = ["The capital of France is", "Hi", "Two plus two is four, and three plus"]
     params = SamplingParams(max_new_tokens=10, temperature=1.0, seed=5, n=3)
     fast = Engine(model, tok, batch_size=6, dtype="fp32").generate(prompts, params)
