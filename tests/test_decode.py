@@ -10,7 +10,8 @@ from posttrain.models import autocast, head_in_fp32
 from posttrain.modeling.decode import Decoder
 
 # Every logits check runs on CPU, and on CUDA where there is a GPU (CI has none; a GPU machine runs them all).
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"))]
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                reason="no CUDA device"))]
 
 
 def _tiny(family: str, seed: int = 0, **extra):

@@ -420,7 +420,8 @@ def test_records_leave_the_other_documents_and_the_replay_alone(records_world, c
     assert len(with_records) == len(plain) + 800 and set(plain) <= set(with_records)
     assert json.loads((records_world / "manifest.json").read_text())["records"] == 800
     # the SFT replay leaves the records out: it holds the records-free world's replay rows (in another order)
-    replay, plain_replay = (sorted(r["text"] for r in read_jsonl(w / "replay.jsonl")) for w in (records_world, plain_world))
+    replay, plain_replay = (sorted(r["text"] for r in read_jsonl(w / "replay.jsonl"))
+                            for w in (records_world, plain_world))
     assert replay == plain_replay
     # the default world (scale 1) holds 20000 of them, a fifth of each kind
     assert sum(d.startswith("Order slip ") for d in corpus) == 4000

@@ -114,7 +114,8 @@ def tape(rng: random.Random, number: Numbers) -> str:
 # forms; a small model learns those forms alone. Varied cues make the cue, not the form, select what
 # to copy. None of these phrasings is a probe's (COPY_PROBE below).
 NUMBER_SLOTS = ("the ticket number", "the room number", "the account number", "the serial number", "the gate code",
-                "the tracking number", "the order number", "the badge number", "the door code", "the batch number", "the case number")
+                "the tracking number", "the order number", "the badge number", "the door code", "the batch number",
+                "the case number")
 NAME_SLOTS = ("the winner", "the caller", "the pilot", "the new clerk", "the author", "the driver", "the speaker",
               "the tenant", "the referee", "the sender", "the captain", "the inspector")
 INTROS = ("{A} is {v}.", "Note: {a} is {v}.", "{A}: {v}.", "We were told that {a} is {v}.",
@@ -124,7 +125,8 @@ CUES = ("Once more, {a} is", "Again: {a} is", "So {a} is", "In short, {a} was", 
         "As mentioned, {a} is", "I will write it down: {a} is", "Check: {a} =", "Remember, {a} is",
         "Just to confirm, {a} is", "Back to the start: {a} was", "For the second time, {a} is",
         "The answer stays the same: {a} is", "Write this on the card: {a} is", "Read it out: {a} is")
-FILLERS = ("The weather was mild.", "Nobody was in a hurry.", "The office closed at five.", "Two trucks waited outside.",
+FILLERS = ("The weather was mild.", "Nobody was in a hurry.", "The office closed at five.",
+           "Two trucks waited outside.",
            "The line moved slowly.", "A bell rang somewhere.", "The form had three pages.", "Tea was served at noon.",
            "The lights flickered once.", "It started to rain.", "The clerk stamped the sheet.", "A dog barked outside.")
 
