@@ -235,7 +235,8 @@ def test_config_show_prints_every_key(capsys):
     out = capsys.readouterr().out
     keys = [line.split("`")[1] for line in out.splitlines() if line.startswith("| `")]
     assert keys == [".".join(p) for p in _leaf_paths(SFTConfig)]
-    assert len(keys) == 43  # 36 + data.cut_turns + train.max_abs_weight + train.report_to + model.lora.trainable_tokens(_from)
+    assert len(keys) == 44  # 36 + data.cut_turns + train.max_abs_weight + train.report_to + model.lora.trainable_tokens(_from)
+    # + train.stop_at_step
     # + train.contamination_n + train.contamination_threshold
 
 

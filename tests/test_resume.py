@@ -160,3 +160,35 @@ def test_recipe_runner_still_resumes_its_own_interrupted_stage(tiny_llama_dir, c
     shutil.rmtree(tmp_path / "run" / "sft")  # a finished stage whose folder is gone reruns from scratch
     Runner(load_recipe(path), tmp_path / "run", progress=False).run()
     assert len(steps) == 6
+
+
+def test_stop_at_step_gives_the_checkpoint_of_the_whole_run_at_that_step(tiny_llama_dir, chat_file, tmp_path, monkeypatch):
+    """train.stop_at_step ends the run early on the whole run's schedule: the artifact's weights are the
+    step-3 checkpoint's of the uninterrupted 6-step run, and its last lr is that run's at step 3, not the floor."""
+    from safetensors.torch import load_file
+
+    def argv(out, *extra):
+        return sft_args(tiny_llama_dir, chat_file, out, "--set", "train.max_steps=6", "--set", "train.save_every=3",
+                        "--set", "train.log_every=1", *extra)
+
+    undo = die_at_step(monkeypatch, 4)  # the 6-step run killed in step 4 keeps its step-3 checkpoint
+    assert main(argv(tmp_path / "full")) == 130
+    undo()
+    ckpt = load_file(str(tmp_path / "full.checkpoints" / "step-000003" / "trainable.safetensors"))
+    assert main(argv(tmp_path / "stopped", "--set", "train.stop_at_step=3")) == 0
+    stopped = load_file(str(tmp_path / "stopped" / "model.safetensors"))
+    shared = [k for k in ckpt if k in stopped]
+    assert shared and all(torch.equal(ckpt[k].to(stopped[k].dtype), stopped[k]) for k in shared)
+    lines = [json.loads(x) for x in (tmp_path / "stopped" / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
+    assert [x["step"] for x in lines] == [1, 2, 3]
+    full_lr = json.loads((tmp_path / "full.checkpoints" / "step-000003" / "state.json").read_text())["metrics_lines"][2]["lr"]
+    assert lines[2]["lr"] == pytest.approx(full_lr) and lines[2]["lr"] > 1e-2 * 0.1 * 1.5  # well above the floor
+
+
+def test_resuming_past_stop_at_step_is_refused(interrupted, capsys):
+    argv, _ = interrupted  # a 4-step run with its step-2 checkpoint
+    capsys.readouterr()
+    assert main(argv + ["--resume", "--allow-change", "train.stop_at_step", "--set", "train.stop_at_step=1"]) == 2
+    notice, err = capsys.readouterr().err.strip().split("\n")  # the allowed change's notice, then the error
+    assert "train.stop_at_step: 0 -> 1" in notice and err.startswith("posttrain sft: error: ")
+    assert "is at step 2, past train.stop_at_step=1" in err and "--overwrite" in err

@@ -71,6 +71,10 @@ def resume_trainer(trainer, ckpt: Path | None) -> int:
         raise
     except Exception as e:  # torch.load, safetensors, json: what a damaged or foreign checkpoint raises
         raise ResumeError(unloadable_checkpoint(ckpt, e)) from e
+    if step > trainer.end_step:
+        raise ResumeError(f"the checkpoint {ckpt} is at step {step}, past train.stop_at_step={trainer.end_step}: "
+                          f"resuming cannot give the model at step {trainer.end_step}. Raise train.stop_at_step to "
+                          f"at least {step}, or start the run again with --overwrite.")
     notice(f"resuming from step {step} of {trainer.total_steps} (checkpoint {ckpt})")
     return step
 

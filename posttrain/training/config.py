@@ -67,6 +67,7 @@ class TrainConfig:
     grad_accum: int = opt(1, "Micro-batches per optimizer step.", ge=1)
     epochs: float = opt(1.0, "Passes over the data (used when max_steps is -1); 0.5 is half a pass.", gt=0)
     max_steps: int = opt(-1, "Optimizer steps; -1 derives them from epochs.", ge=1, also=(-1,))
+    stop_at_step: int = opt(0, "End the run after this optimizer step (0 = run to the end) while keeping the learning-rate schedule of the whole run (max_steps or epochs): the artifact is the model as a checkpoint at that step holds it.", ge=0)
     seed: int = opt(0, "Seed for shuffling and initialisation.", ge=0)
     eval_every: int = opt(0, "Evaluate held-out loss every N steps (0 = only at the end).", ge=0)
     save_every: int = opt(200, "Write a resumable checkpoint every N steps (0 = none); `--resume` continues from the latest.", ge=0)

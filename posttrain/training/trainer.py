@@ -140,6 +140,8 @@ class Trainer:
         self.micro_per_epoch = math.ceil(len(items) / cfg.batch_size)
         steps_per_epoch = max(1, math.ceil(self.micro_per_epoch / cfg.grad_accum))
         self.total_steps = cfg.max_steps if cfg.max_steps > 0 else max(1, math.ceil(cfg.epochs * steps_per_epoch))
+        # stop_at_step ends the run early; the schedule (lr_at) still spans total_steps.
+        self.end_step = min(self.total_steps, cfg.stop_at_step) if cfg.stop_at_step else self.total_steps
         decay, no_decay = [], []
         for n, p in model.named_parameters():
             if p.requires_grad:
@@ -301,7 +303,7 @@ class Trainer:
         """Train to the last step and return the result; on Ctrl-C, checkpoint and raise TrainingInterrupted."""
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=self.total_steps, initial=self.state.step, desc=self.desc, disable=not self.progress,
+        bar = tqdm(total=self.end_step, initial=self.state.step, desc=self.desc, disable=not self.progress,
                    mininterval=1.0, dynamic_ncols=True)
         self._unfinished = None
         try:
@@ -369,7 +371,7 @@ class Trainer:
         st.window_steps += 1
         for k, v in r.metrics.items():
             st.window_metrics[k] = st.window_metrics.get(k, 0.0) + v
-        if st.step % max(1, self.cfg.log_every) == 0 or st.step == self.total_steps:
+        if st.step % max(1, self.cfg.log_every) == 0 or st.step == self.end_step:
             elapsed = time.perf_counter() - self._start
             tps = (st.tokens - self._start_tokens) / max(elapsed, 1e-9)
             line = {"step": st.step, "loss": st.window_loss / st.window_steps, "lr": r.lr, "grad_norm": r.grad_norm,
@@ -382,14 +384,14 @@ class Trainer:
         cfg = self.cfg
         self.model.train()
         self._start, self._start_tokens = time.perf_counter(), self.state.tokens
-        while self.state.step < self.total_steps:
+        while self.state.step < self.end_step:
             step = self.state.step
             r = self.step([self._micro_batch(step * cfg.grad_accum + j) for j in range(cfg.grad_accum)])
             s = self.state.step
             tps = (self.state.tokens - self._start_tokens) / max(time.perf_counter() - self._start, 1e-9)
             bar.set_postfix(loss=f"{r.loss:.4f}", tok_s=f"{tps:,.0f}", refresh=False)
             bar.update(1)
-            if cfg.eval_every and s % cfg.eval_every == 0 and s < self.total_steps:
+            if cfg.eval_every and s % cfg.eval_every == 0 and s < self.end_step:
                 loss, metrics = self.evaluate()
                 self.state.metrics_lines.append({"step": s, "eval_loss": loss, **{f"eval_{k}": v for k, v in metrics.items()}})
                 self.sync_events()
