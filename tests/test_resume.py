@@ -188,7 +188,16 @@ def test_stop_at_step_gives_the_checkpoint_of_the_whole_run_at_that_step(tiny_ll
 def test_resuming_past_stop_at_step_is_refused(interrupted, capsys):
     argv, _ = interrupted  # a 4-step run with its step-2 checkpoint
     capsys.readouterr()
-    assert main(argv + ["--resume", "--allow-change", "train.stop_at_step", "--set", "train.stop_at_step=1"]) == 2
-    notice, err = capsys.readouterr().err.strip().split("\n")  # the allowed change's notice, then the error
-    assert "train.stop_at_step: 0 -> 1" in notice and err.startswith("posttrain sft: error: ")
+    assert main(argv + ["--resume", "--set", "train.stop_at_step=1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("posttrain sft: error: ") and "\n" not in err
     assert "is at step 2, past train.stop_at_step=1" in err and "--overwrite" in err
+
+
+def test_stop_at_step_may_change_on_resume(interrupted, capsys):
+    """Where a run stops does not change what its checkpoints hold, so a run killed with stop_at_step 0
+    resumes with stop_at_step 3 without --allow-change, and ends after step 3."""
+    argv, out = interrupted  # a 4-step run with its step-2 checkpoint
+    assert main(argv + ["--resume", "--set", "train.stop_at_step=3"]) == 0
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
+    assert [x["step"] for x in lines][-1] == 3 and "resume accepts changed settings" not in capsys.readouterr().err

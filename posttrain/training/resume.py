@@ -18,9 +18,11 @@ from posttrain.console import notice
 from posttrain.errors import OutputError, ResumeError
 
 RUN_FILE = "run.json"
-# Options that change how a run is watched, not what it computes: they may differ on resume.
+# Options that change how a run is watched or where it ends, not what any step computes: they may differ
+# on resume. train.stop_at_step is one: a checkpoint at step k is the same whatever step the run stops at
+# (resuming from one past the stop is refused in stages/guard.py).
 OPERATIONAL = ("model.device", "train.log_every", "train.eval_every", "train.save_every", "train.report_to",
-               "train.contamination_n", "train.contamination_threshold")
+               "train.contamination_n", "train.contamination_threshold", "train.stop_at_step")
 _HASH = re.compile(r"^[0-9a-f]{64}$")
 
 
