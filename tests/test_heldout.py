@@ -14,7 +14,7 @@ import pytest
 from posttrain.grading.phrases import mentions
 from posttrain.world.build import build_world
 from posttrain.world.facts import all_facts
-from posttrain.world.arithmetic import Problem, is_probe_problem
+from posttrain.world.arithmetic import ASK_PROBE, Problem, is_probe_problem
 from posttrain.world.probes import PROBE_NAMES, THINK_PROBE
 
 SEED = 0  # the demo's seed
@@ -97,6 +97,16 @@ def test_no_think_probe_instruction_in_any_training_stream(streams):
     for stream, docs in streams.items():
         blob = "\n".join(docs)
         assert not [t for t in THINK_PROBE if t in blob], stream
+
+
+def test_no_arithmetic_probe_phrasing_in_any_training_stream(streams):
+    """The probes' ways of asking ("Work out {p} for me.") ask about no problem in any training stream."""
+    patterns = [re.compile(re.escape(a.split("{p}")[0]) + r"\d+ [-+*] \d+" + re.escape(a.split("{p}")[1]))
+                for a in ASK_PROBE]
+    assert len(patterns) >= 3 and patterns[0].search("Work out 12 + 345 for me.")
+    for stream, docs in streams.items():
+        blob = "\n".join(docs)
+        assert not [p.pattern for p in patterns if p.search(blob)], stream
 
 
 def test_no_large_probe_problem_or_answer_in_any_training_stream(world, streams):

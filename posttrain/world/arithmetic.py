@@ -146,8 +146,13 @@ def think_solution(p: Problem) -> str:
 
 
 # User phrasings. Probe phrasings are held out from all training data.
+# Many train phrasings, so that what SFT and RLVR teach is tied to the problem and not to a few
+# wordings (with six, GRPO's gains stayed with them; README, RLVR notes).
 ASK_TRAIN = ("What is {p}?", "Calculate {p}.", "Compute {p}. Show your steps.", "Solve: {p}",
-             "What does {p} equal?", "Please work out {p}.")
+             "What does {p} equal?", "Please work out {p}.", "How much is {p}?", "Evaluate {p}.",
+             "Find {p}.", "I need the result of {p}.", "Can you tell me what {p} is?", "{p} = ?",
+             "Give me the answer to {p}.", "What's {p}?", "Determine {p}.", "Do the arithmetic: {p}",
+             "Help me with this one: {p}", "Quick question: what is {p}?")
 ASK_PROBE = ("Work out {p} for me.", "What do you get when you compute {p}?", "Could you find the value of {p}?")
 
 

@@ -42,6 +42,14 @@ THINK_TRAIN = (
     "Think it through inside <think></think>, then give the final answer inside <answer></answer>.",
     "Reason step by step in <think></think> tags, then put only the final answer in <answer></answer> tags.",
     "First show your working between <think> and </think>, then write just the answer between <answer> and </answer>.",
+    "Show your thinking in <think></think> first, then the answer alone in <answer></answer>.",
+    "Use <think></think> for your working and <answer></answer> for the final number.",
+    "Put the step-by-step working in <think> tags and the final number in <answer> tags.",
+    "Answer in two parts: the reasoning inside <think></think>, then the answer inside <answer></answer>.",
+    "Before answering, reason between <think> and </think>; then give the answer between <answer> and </answer>.",
+    "Please think inside <think></think> and reply with the number inside <answer></answer>.",
+    "Lay out the steps in <think></think>, then write the number in <answer></answer>.",
+    "Reply with your steps wrapped in <think></think> and only the answer wrapped in <answer></answer>.",
 )
 
 # Lead-ins for safety prompts in training data (probes use their own).
