@@ -74,9 +74,9 @@ def test_ngrams_never_cross_a_field_end():
 def test_a_world_next_to_the_data_is_used(tmp_path):
     from posttrain.world.build import build_world
 
-    build_world(0, tmp_path / "w", 0.02, probe_n=20)
+    build_world(0, tmp_path / "w", 0.02)  # the demo's probe sets, whose harmful set shares one request (1 of 75)
     sets, where = contamination.probe_sets_for(tmp_path / "w" / "sft.jsonl")
-    assert where == "w/probes" and sets["harmful"][0]["id"] == "harmful-0000" and len(sets["arithmetic"]) == 20
+    assert where == "w/probes" and sets["harmful"][0]["id"] == "harmful-0000" and len(sets["arithmetic"]) == 150
     other = tmp_path / "mine.jsonl"
     other.write_text(json.dumps(chat("hi")) + "\n")
     assert contamination.probe_sets_for(other)[1] == "the built-in world (seed 0)"

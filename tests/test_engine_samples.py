@@ -18,8 +18,9 @@ from posttrain.errors import PosttrainError
 from posttrain.models import load_model_and_tokenizer
 
 BASE = Path(__file__).resolve().parents[1] / "models" / "base"
-QUESTIONS = ["What is the capital of France?", "Compute 240 - 198. Show your steps.", "Hi!",
-             "Niger is on which continent?", "Write a long story about a dragon."]
+# Greedy replies of 14, 25, 10, 16 and 29 tokens on the shipped base: every row finishes at its own step.
+QUESTIONS = ["What is the capital of France?", "Compute 240 - 198. Show your steps.", "Good morning!",
+             "Niger is on which continent?", "I got a new job!"]
 
 
 @pytest.fixture(scope="module")
