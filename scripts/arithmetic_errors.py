@@ -1,0 +1,74 @@
+"""Why an arithmetic probe's answers are wrong, from an eval report's samples (built-in world probes).
+
+    python scripts/arithmetic_errors.py runs/demo/eval_sft/eval_report.json
+
+For `arithmetic` and `reasoning` (think/answer) each answer is: right; not worked out (no column
+steps: a refusal or another kind of reply); every column step right but the final answer wrong; or a
+wrong step. For `tool_arithmetic`: right; no calculator call; a call whose expression is not the
+asked problem (a miscopied number); or the right call and a wrong answer. The README's RLVR notes
+quote these counts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections import Counter
+from pathlib import Path
+
+from posttrain.world.arithmetic import Problem, worked_steps
+from posttrain.world.probes import build_probe_sets
+
+PROBLEM = re.compile(r"(\d+) ([-+*]) (\d+)")
+CALL = re.compile(r'"expression": ?"([^"]*)"')
+
+
+def asked_problem(row: dict) -> Problem:
+    a, op, b = PROBLEM.search(row["messages"][-1]["content"]).groups()
+    return Problem(int(a), op, int(b))
+
+
+def classify(probe: str, problem: Problem, sample: dict) -> str:
+    if sample.get("correct", sample.get("accuracy")):
+        return "right"
+    response = sample["response"]
+    if probe == "tool_arithmetic":
+        call = CALL.search(response)
+        if not call:
+            return "no calculator call"
+        return "right call, wrong answer" if call.group(1).strip() == problem.text else "call with a miscopied number"
+    steps = [line for line in response.split("\n") if line.startswith("Step")]
+    if not steps:
+        return "not worked out"
+    return "right steps and a wrong final answer" if steps == worked_steps(problem) else "a wrong step"
+
+
+def tally(report: dict, probe: str) -> Counter:
+    seed = int(report["source"].split("seed=")[1]) if report["source"].startswith("builtin:") else None
+    if seed is None:
+        raise SystemExit(f"{probe}: the report's prompts came from {report['source']}; this script rebuilds "
+                         f"the built-in world's probes only")
+    rows = {r["id"]: r for r in build_probe_sets(seed, report["n"])[probe]}
+    return Counter(classify(probe, asked_problem(rows[s["id"]]), s) for s in report["probes"][probe]["samples"])
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("report", type=Path, help="an eval_report.json with arithmetic probes")
+    args = parser.parse_args(argv)
+    report = json.loads(args.report.read_text())
+    found = [p for p in ("arithmetic", "reasoning", "tool_arithmetic") if p in report["probes"]]
+    if not found:
+        print(f"{args.report}: no arithmetic, reasoning or tool_arithmetic probe in this report", file=sys.stderr)
+        return 2
+    for probe in found:
+        counts = tally(report, probe)
+        print(f"{probe} ({sum(counts.values())} answers): "
+              + "; ".join(f"{k} {v}" for k, v in counts.most_common()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
