@@ -146,8 +146,9 @@ def think_solution(p: Problem) -> str:
 
 
 # User phrasings. Probe phrasings are held out from all training data.
-# Many train phrasings, so that what SFT and RLVR teach is tied to the problem and not to a few
-# wordings (with six, GRPO's gains stayed with them; README, RLVR notes).
+# Many train phrasings, so that what SFT and RLVR teach is tied to the problem, not to a few wordings
+# (world-2.3: 18 where there were 6 raised SFT small arithmetic on the probes' phrasings from 52.7% to
+# 64.7%; README, RLVR notes).
 ASK_TRAIN = ("What is {p}?", "Calculate {p}.", "Compute {p}. Show your steps.", "Solve: {p}",
              "What does {p} equal?", "Please work out {p}.", "How much is {p}?", "Evaluate {p}.",
              "Find {p}.", "I need the result of {p}.", "Can you tell me what {p} is?", "{p} = ?",
