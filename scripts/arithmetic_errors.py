@@ -58,8 +58,13 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("report", type=Path, help="an eval_report.json with arithmetic probes")
     args = parser.parse_args(argv)
-    report = json.loads(args.report.read_text())
-    found = [p for p in ("arithmetic", "reasoning", "tool_arithmetic") if p in report["probes"]]
+    try:
+        report = json.loads(args.report.read_text())
+        found = [p for p in ("arithmetic", "reasoning", "tool_arithmetic") if p in report["probes"]]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        print(f"{args.report}: not a readable eval report ({e.__class__.__name__}: {e}); pass the eval_report.json "
+              f"that `posttrain eval` or an eval stage wrote", file=sys.stderr)
+        return 2
     if not found:
         print(f"{args.report}: no arithmetic, reasoning or tool_arithmetic probe in this report", file=sys.stderr)
         return 2

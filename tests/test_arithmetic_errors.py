@@ -55,3 +55,14 @@ def test_a_report_without_arithmetic_probes_is_refused(tmp_path, capsys):
     path.write_text(json.dumps({"source": "builtin:seed=0", "n": 8, "probes": {"ifeval": {"samples": []}}}))
     assert load_script().main([str(path)]) == 2
     assert "no arithmetic, reasoning or tool_arithmetic probe" in capsys.readouterr().err
+
+
+def test_a_missing_or_broken_report_is_one_clear_line(tmp_path, capsys):
+    script = load_script()
+    assert script.main([str(tmp_path / "nope.json")]) == 2
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    assert script.main([str(broken)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all("not a readable eval report" in line for line in err)
+    assert "nope.json" in err[0] and "broken.json" in err[1]
