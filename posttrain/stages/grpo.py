@@ -21,7 +21,7 @@ Each iteration:
 Logged per iteration: reward (mean and per verifier), pass@1 and pass@G, entropy, KL (with beta),
 response length, clip fractions low and high, share of zero-variance groups, tool calls per
 response, verifier errors, time split. Every `track.every` iterations the policy answers held-out
-prompts once each: reward, accuracy (the first verifier), gold, KL and length. A plot of reward,
+prompts once each: reward, accuracy (the first verifier), each verifier's mean, gold, KL and length. A plot of reward,
 accuracy and response length through training is written next to the weights (training_curves.png).
 """
 
@@ -74,7 +74,7 @@ class GRPORolloutOptions:
 class VerifierRewardOptions:
     """What a response is rewarded for."""
 
-    verifiers: list[str] | None = opt(None, "Verifiers for every row (built-in names: numeric, symbolic, think_answer, instructions, json_valid, length, code; or module:function), summed. null = each row's own `verifier` field.")
+    verifiers: list[str] | None = opt(None, "Verifiers for every row (built-in names: numeric, symbolic, think_answer, instructions, json_valid, length, code, refusal; or module:function), summed. null = each row's own `verifier` field.")
     format_weight: float = opt(0.5, "Weight of the format verifier think_answer in the sum (the others weigh 1).", ge=0)
     model: str | None = opt(None, "An extra reward added to the verifiers': a reward model directory, `gold` or module:function (null = none).")
     overlong_buffer: int = opt(0, "DAPO's soft overlong penalty: over the last N tokens before max_new_tokens the reward ramps down to -1; a cut response gets -1. 0 = off.", ge=0)
@@ -328,6 +328,11 @@ All options: docs/options.md (section grpo)."""
             r.score = r.proxy
         loop.add_gold(rollouts)
         self._reward_stats = {f"reward_{k}": _mean(v) for k, v in per.items()} | {"verifier_errors": errors}
+
+    def verifier_means(self) -> dict[str, float]:
+        """Each verifier's mean score over the rows that name it, in the last scored batch (reward_numeric, ...):
+        with refusal rows mixed into arithmetic, the first-verifier accuracy alone would blend the two."""
+        return {k: v for k, v in getattr(self, "_reward_stats", {}).items() if k.startswith("reward_")}
 
     def _batch_stats(self, loop: RLLoop, rollouts: list[Rollout]) -> dict:
         g = loop.group_size

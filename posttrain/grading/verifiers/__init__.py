@@ -7,6 +7,7 @@ Every verifier is `verify(response: str, spec: dict) -> VerifierResult`, pure an
 - format.py       `think_answer`: <think>...</think> then <answer>...</answer>; `answer_text` for the others
 - constraints.py  `instructions` (the IFEval checkers), `json_valid`, `length`
 - code.py         `code`: the model's program plus spec["tests"] runs in sandbox.py's isolated subprocess
+- refusal.py      `refusal`: the response refuses (XSTest's match) exactly when spec["refuse"] says it should
 
 A user's own verifier is named "module:function" (docs/verifiers.md). `run_verifier` is how the RL
 loop should call any of them: a verifier that raises or returns nonsense scores 0 and the error comes
@@ -37,7 +38,7 @@ class VerifierResult:
 Verifier = Callable[[str, dict], VerifierResult]
 
 # The built-in verifiers import VerifierResult from here, so they are imported after it is defined.
-from posttrain.grading.verifiers import code, constraints, format, numeric, symbolic  # noqa: E402
+from posttrain.grading.verifiers import code, constraints, format, numeric, refusal, symbolic  # noqa: E402
 
 VERIFIERS: dict[str, Verifier] = {
     "numeric": numeric.verify,
@@ -47,6 +48,7 @@ VERIFIERS: dict[str, Verifier] = {
     "json_valid": constraints.verify_json,
     "length": constraints.verify_length,
     "code": code.verify,
+    "refusal": refusal.verify,
 }
 
 
