@@ -177,11 +177,17 @@ def rlvr(outputs: dict, reports: dict, out: Path) -> tuple[str, dict]:
     lines, facts = [], {}
     for name, label in (("grpo", "GRPO"), ("grpo_tools", "GRPO + calculator")):
         m = json.loads((outputs[name] / "provenance.json").read_text())["metrics"]
-        keep = ("pass@1_first", "pass@1_last", "heldout_accuracy_start", "heldout_accuracy_end", "heldout_accuracy_best")
+        # held-out mean score per verifier (heldout_reward_numeric_start, ...), as the rows mix verifiers
+        per = [k[len("heldout_reward_"):-len("_start")] for k in m if k.startswith("heldout_reward_") and k.endswith("_start")]
+        keep = ("pass@1_first", "pass@1_last", "heldout_accuracy_start", "heldout_accuracy_end", "heldout_accuracy_best",
+                *(f"heldout_reward_{v}_{end}" for v in per for end in ("start", "end")))
         facts[name] = {k: m.get(k) for k in keep}
         if "pass@1_first" in m:
             held = (f"; held-out prompts {m['heldout_accuracy_start']:.1%} -> {m['heldout_accuracy_end']:.1%}"
                     if "heldout_accuracy_start" in m else "")
+            if len(per) > 1:
+                held += " (" + ", ".join(f"{v} {m[f'heldout_reward_{v}_start']:.1%} -> {m[f'heldout_reward_{v}_end']:.1%}"
+                                         for v in per) + ")"
             lines.append(f"{label}: training pass@1 {m['pass@1_first']:.1%} -> {m['pass@1_last']:.1%}{held}")
         curves = outputs[name] / "training_curves.png"
         if curves.exists():

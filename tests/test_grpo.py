@@ -78,6 +78,10 @@ def test_grpo_runs_logs_every_signal_and_writes_a_loadable_policy(tiny_llama_dir
     assert all(math.isfinite(m["loss"]) and m["kl"] >= 0 for m in train)
     tracked = [m for m in _lines(out) if "track_accuracy" in m]
     assert len(tracked) == 2 and all(0 <= m["track_accuracy"] <= 1 for m in tracked)
+    # each verifier's held-out mean too, apart: the parity verifier is 1 on every "flat" row, numeric never is
+    assert all(m["track_reward_my_verifiers:parity"] >= 0.5 > m["track_reward_numeric"] for m in tracked)
+    metrics = json.loads((out / "provenance.json").read_text())["metrics"]
+    assert metrics["heldout_reward_numeric_end"] == round(tracked[-1]["track_reward_numeric"], 4)
     assert (out / "training_curves.png").stat().st_size > 10_000
     prov = json.loads((out / "provenance.json").read_text())
     assert prov["stage"] == "grpo" and "pass@1_last" in prov["metrics"]

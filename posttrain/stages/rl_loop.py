@@ -207,7 +207,8 @@ class RLLoop:
             point["accuracy"] = _mean([None if r.correct is None else float(r.correct) for r in rollouts])
         if self.gold:
             point["gold"] = _mean([r.gold for r in rollouts])
-        return point
+        verifier_means = getattr(self.stage, "verifier_means", None)  # GRPO: each verifier's mean score
+        return point | (verifier_means() if verifier_means else {})
 
     # ------------------------------------------------------------ the loop
 
@@ -269,6 +270,8 @@ class RLLoop:
                 out |= {"heldout_accuracy_start": round(curve[0]["accuracy"], 4),
                         "heldout_accuracy_end": round(curve[-1]["accuracy"], 4),
                         "heldout_accuracy_best": round(max(p["accuracy"] for p in curve), 4)}
+            for key in (k for k in curve[0] if k.startswith("reward_")):  # per verifier, e.g. reward_numeric
+                out |= {f"heldout_{key}_start": round(curve[0][key], 4), f"heldout_{key}_end": round(curve[-1][key], 4)}
             out |= {"heldout_proxy_start": round(curve[0]["proxy"], 4), "heldout_proxy_end": round(curve[-1]["proxy"], 4),
                     "heldout_kl_end": round(curve[-1]["kl"], 4)}
         return out
