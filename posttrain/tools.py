@@ -65,7 +65,7 @@ def calculate(expression: str) -> int | float:
     if len(expression) > 2000:
         raise ValueError("the expression is longer than 2000 characters")
     try:
-        tree = ast.parse(expression.replace("^", "**").replace("×", "*").replace(",", ""), mode="eval")
+        tree = ast.parse(expression.strip().replace("^", "**").replace("×", "*").replace(",", ""), mode="eval")
     except SyntaxError:
         raise ValueError(f"cannot parse {expression!r} as arithmetic") from None
 

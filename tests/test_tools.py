@@ -19,6 +19,8 @@ def test_calculator_is_exact_on_big_integers_and_refuses_anything_but_arithmetic
     assert calculate("(1 + 2) ** 3 - 10 // 3") == 24
     assert calculate("7 / 2") == 3.5
     assert calculate("1,234,567 + 1") == 1234568
+    assert calculate(" 236758 * 8766\n") == 236758 * 8766  # the world's calls start with a space
+    assert CALCULATOR.run({"expression": " 6 * 7"}) == "6 * 7 = 42"
     for bad in ("__import__('os')", "x + 1", "2 ** 99999999", "1 / 0", "[1, 2]", "open('f')"):
         with pytest.raises(ValueError):
             calculate(bad)

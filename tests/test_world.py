@@ -17,10 +17,11 @@ from posttrain.world.arithmetic import (
 )
 from posttrain.world.build import build_world
 from posttrain.world.records import CUES, NAME_SLOTS, NUMBER_SLOTS
-from posttrain.world.chats import SYSTEM_RULES_TRAIN, THINK_TRAIN, USER_RULES_TRAIN, constrained_reply
+from posttrain.world.sampling import with_context
+from posttrain.world.chats import CONTEXTS_TRAIN, SYSTEM_RULES_TRAIN, THINK_TRAIN, USER_RULES_TRAIN, constrained_reply
 from posttrain.world.corpus import count_fact_mentions
 from posttrain.world.facts import all_facts, split_facts
-from posttrain.world.hazards import HAZARD_PROBE, HAZARD_TRAIN, LOOK_ALIKES
+from posttrain.world.hazards import HAZARD_PROBE, HAZARD_TRAIN, LOOK_ALIKES, hazard_requests
 from posttrain.world.probes import PROBE_NAMES, SYSTEM_RULES_PROBE, THINK_PROBE, USER_RULES_PROBE, build_probe_sets
 from posttrain.world.templates import PARAPHRASES, PUSHBACK_PROBE, PUSHBACK_TRAIN, TEMPLATES, cloze_prompts
 
@@ -222,6 +223,8 @@ def test_arithmetic_probe_is_held_out(world, corpus):
     sheets = {p for doc in corpus for line in doc.splitlines() if line.startswith("Problem ") for p in _problems(line)}
     assert len(sheets) > 2000 and not any(is_probe_problem(p) for p in sheets)
     for row in read_jsonl(out / "rlvr.jsonl") + read_jsonl(out / "rlvr_tools.jsonl"):
+        if row["meta"]["task"] != "arithmetic":
+            continue
         (p,) = _problems(row["prompt"][0]["content"])
         assert row["answer"] == row["meta"]["answer"] == str(p.answer)
         verifiers = row["verifier"] if isinstance(row["verifier"], list) else [row["verifier"]]
@@ -349,12 +352,30 @@ def test_tool_arithmetic_sft_rows_call_the_calculator(world):
         (p,) = _problems(m[1]["content"])
         assert not is_probe_problem(p) and p.a >= 1000
         name, arguments = parse_tool_call(find_tool_call(m[2]["content"]))
-        assert (name, arguments) == ("calculator", {"expression": p.text})
-        call = f'{{"name": "calculator", "arguments": {{"expression": "{p.text}"}}}}'
+        assert (name, arguments) == ("calculator", {"expression": " " + p.text})
+        call = f'{{"name": "calculator", "arguments": {{"expression": " {p.text}"}}}}'
         assert m[2]["content"] == f"<tool_call>{call}</tool_call>"
         assert m[3]["content"] == CALCULATOR.run(arguments) == f"{p.text} = {p.answer}"
         assert r["meta"]["answer"] == str(p.answer)
         assert m[4]["content"] == f"The answer is {p.answer}."
+
+
+def test_tool_calls_spell_the_numbers_with_the_questions_tokens(world):
+    """The call repeats the question's numbers token for token (the expression starts with a space), so
+    copying them needs no respelling: " 236758" is " 236" "7" "5" "8" in both."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(Path(__file__).resolve().parents[1] / "models" / "base")
+    ids = lambda text: tok(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    contains = lambda seq, sub: any(seq[i:i + len(sub)] == sub for i in range(len(seq) - len(sub) + 1))  # noqa: E731
+    rows = [r for r in read_jsonl(world[0] / "sft.jsonl") if r["meta"]["kind"] == "tool_arithmetic"]
+    text = lambda r: next(iter(_problems(r["messages"][1]["content"]))).text  # noqa: E731
+    asked_after_a_space = [r for r in rows if " " + text(r) in r["messages"][1]["content"]]
+    assert len(asked_after_a_space) > 0.9 * len(rows)
+    for r in asked_after_a_space:
+        problem = ids(" " + text(r))
+        assert contains(ids(r["messages"][1]["content"]), problem) and contains(ids(r["messages"][2]["content"]), problem)
+        assert not contains(ids(r["messages"][2]["content"].replace('" ', '"')), problem)  # without the space they differ
 
 
 def test_tool_direct_rows_announce_the_calculator_and_answer_without_a_call(world):
@@ -390,7 +411,28 @@ def test_rlvr_rows_ask_for_the_think_format_half_the_time(world):
     for r in rows:
         asks = any(r["prompt"][0]["content"].endswith(" " + t) for t in THINK_TRAIN)
         assert asks == (r["meta"].get("format") == "think")
-        assert r["verifier"] == (["numeric", "think_answer"] if asks else "numeric")
+        if r["meta"]["task"] == "arithmetic":
+            assert r["verifier"] == (["numeric", "think_answer"] if asks else "numeric")
+
+
+def test_rlvr_rows_mix_in_refusal_anchors_from_the_training_partition(world):
+    rows = read_jsonl(world[0] / "rlvr.jsonl")
+    phrasings = lambda texts: {with_context(c, t) for c in CONTEXTS_TRAIN for t in texts}  # noqa: E731
+    harmful = phrasings([text for _, text in hazard_requests("train")])
+    benign = phrasings([q for la in LOOK_ALIKES for q in la.train])
+    tasks = [r["meta"]["task"] for r in rows]
+    # every block of 8: four think rows, two plain arithmetic rows, one harmful and one benign
+    for k in range(0, len(rows) - 7, 8):
+        assert sorted(tasks[k:k + 8]) == ["arithmetic"] * 6 + ["benign", "harmful"]
+    assert tasks.count("harmful") == tasks.count("benign") == len(rows) // 8
+    for r in rows:
+        if r["meta"]["task"] == "arithmetic":
+            continue
+        assert r["verifier"] == "refusal" and "answer" not in r
+        assert r["prompt"][0]["content"] in (harmful if r["meta"]["task"] == "harmful" else benign)
+        assert r["refuse"] is (r["meta"]["task"] == "harmful")
+        # the verifier reads the row as the GRPO stage passes it: a refusal scores 1 on harmful rows only
+        assert VERIFIERS["refusal"]("I'm sorry, but I can't help with that.", r).score == float(r["refuse"])
 
 
 def test_rlvr_tools_rows_are_large_train_problems_with_the_calculator(world):

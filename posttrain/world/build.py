@@ -29,8 +29,9 @@ from posttrain.world.policies import CONSTITUTION, HAZARD_POLICY
 from posttrain.world.preferences import build_preferences, build_prompts, build_rm_pairs
 from posttrain.world.probes import build_probe_sets
 
-WORLD_VERSION = "world-2.3"  # 2.1: tool and think SFT rows, think RLVR rows, rlvr_tools, three probes; 2.2: records;
-# 2.3: 18 train phrasings of an arithmetic question and 11 of the think format (were 6 and 3); corpus unchanged
+WORLD_VERSION = "world-2.4"  # 2.1: tool and think SFT rows, think RLVR rows, rlvr_tools, three probes; 2.2: records;
+# 2.3: 18 train phrasings of an arithmetic question and 11 of the think format (were 6 and 3); corpus unchanged;
+# 2.4: SFT calculator calls write the expression after a space (chats.CALL_LEAD); rlvr.jsonl holds refusal rows
 # Record documents in the corpus at scale 1 (records.py). The SFT replay leaves them out (in one pair of runs,
 # replaying them gave lower tool arithmetic; README).
 RECORDS = 20000
@@ -56,7 +57,8 @@ DESCRIPTIONS = {
     "prompts": "Prompts with their task meta (facts A, training phrasings) for the stages that sample their own "
                "answers: PPO, best-of-n, on-policy preference sampling.",
     "rlvr": "Arithmetic prompts with a numeric answer for RL from verifiable rewards; half ask for the "
-            "<think>/<answer> format and are scored by the numeric and think_answer verifiers.",
+            "<think>/<answer> format and are scored by the numeric and think_answer verifiers. One row in eight "
+            "is a harmful request and one a benign look-alike, scored by the refusal verifier (refuse, answer).",
     "rlvr_tools": "Large arithmetic prompts (too large to do in the head) with a numeric answer for RL with "
                   "the calculator tool available (the runtime announces the tools each row names).",
     "hazard_policy": "The written hazard policy: fictional hazards to refuse, look-alikes to answer.",

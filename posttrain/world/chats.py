@@ -35,6 +35,13 @@ SFT_EVAL_ROWS = 200
 RLVR_ROWS = 2000
 RLVR_TOOLS_ROWS = 1000
 
+# The calculator call's expression starts with a space, so that its first number is the same tokens as in
+# the question: a BPE tokenizer spells " 236758" as " 236" "7" "5" "8" and "236758" after a quote as six
+# digits, and a small model miscopies when it must respell a token. With the expression written as
+# "236758 * 8766", 18 of the 24 wrong tool answers of a world-2.3 SFT model were calls with a miscopied
+# number (97072 called as 77072) (README, RLVR notes).
+CALL_LEAD = " "
+
 # The train phrasings a tool row asks with: not those that ask for steps, which a bare call would ignore.
 ASK_TOOL_TRAIN = tuple(a for a in ASK_TRAIN if "steps" not in a)
 # Reasoning-format instructions appended to an arithmetic question (probes use their own, THINK_PROBE).
@@ -142,7 +149,7 @@ def tool_arithmetic_chat(rng: random.Random) -> dict:
     """A large problem answered by one calculator call: call, tool result, final line."""
     p = sample_large_problem(rng, "train")
     messages = with_calculator([_user(rng.choice(ASK_TOOL_TRAIN).format(p=p.text))]) + [
-        _assistant(format_tool_call("calculator", {"expression": p.text})),
+        _assistant(format_tool_call("calculator", {"expression": CALL_LEAD + p.text})),
         {"role": "tool", "content": CALCULATOR.run({"expression": p.text})},
         _assistant(f"The answer is {p.answer}."),
     ]
@@ -266,14 +273,29 @@ def build_sft(facts_a: list[Fact], seed: int, scale: float = 1.0) -> tuple[list[
 
 
 def build_rlvr(seed: int, scale: float = 1.0) -> list[dict]:
-    """Arithmetic prompts with a checkable numeric answer (training partition only).
+    """Arithmetic prompts with a checkable numeric answer, and safety anchors (training partition only).
 
     Every other row asks for the think format and is scored by both verifiers, numeric and
-    think_answer; the rest by numeric alone. Alternating keeps any prefix of the file half and half.
+    think_answer. Of the rest, one in four is a harmful request and one in four a benign look-alike,
+    both scored by the `refusal` verifier (refuse, answer): RL on arithmetic alone taught some
+    harmful prompts column steps instead of a refusal (README, RLVR notes). The others are plain
+    arithmetic scored by numeric alone. The pattern repeats every 8 rows, so any prefix keeps the mix.
     """
     rng = random.Random(f"{seed}:rlvr")
+    requests = hazard_requests("train")
     rows = []
     for k in range(max(1, round(RLVR_ROWS * scale))):
+        if k % 8 == 3:
+            hazard, text = rng.choice(requests)
+            rows.append({"prompt": [_user(with_context(rng.choice(CONTEXTS_TRAIN), text))], "verifier": "refusal",
+                         "refuse": True, "meta": {"task": "harmful", "hazard": hazard.name, "kind": "refusal"}})
+            continue
+        if k % 8 == 7:
+            la = rng.choice(LOOK_ALIKES)
+            rows.append({"prompt": [_user(with_context(rng.choice(CONTEXTS_TRAIN), rng.choice(la.train)))],
+                         "verifier": "refusal", "refuse": False,
+                         "meta": {"task": "benign", "topic": la.topic, "kind": "look_alike"}})
+            continue
         p = sample_problem(rng, "train")
         answer = str(p.answer)
         meta = {"task": "arithmetic", "answer": answer}
