@@ -70,12 +70,22 @@ def parse_args(argv=None):
 
 
 def prompt_rows(path: str | None) -> list[dict]:
-    """{prompt: messages, answer} rows: the file's, else the world's RLVR prompts (build_rlvr, seed 0)."""
+    """{prompt: messages, answer} rows: the file's, else the world's RLVR arithmetic prompts (build_rlvr,
+    seed 0; its refusal rows have no answer for both sides' numeric reward, so they are left out)."""
     from posttrain.data.prompts import as_messages
     from posttrain.world.chats import build_rlvr
 
-    rows = [json.loads(x) for x in Path(path).read_text().splitlines() if x.strip()] if path else build_rlvr(0)
-    return [dict(prompt=as_messages(r["prompt"]), answer=str(r["answer"])) for r in rows]
+    if not path:
+        return [dict(prompt=as_messages(r["prompt"]), answer=str(r["answer"])) for r in build_rlvr(0) if "answer" in r]
+    rows = []
+    for line, text in enumerate(Path(path).read_text().splitlines(), 1):
+        if text.strip():
+            r = json.loads(text)
+            if "answer" not in r:
+                raise SystemExit(f"{path}, line {line}: the row has no 'answer'; both sides score the numeric answer, "
+                                 'so give each row e.g. "answer": "42".')
+            rows.append(dict(prompt=as_messages(r["prompt"]), answer=str(r["answer"])))
+    return rows
 
 
 def numeric_reward(completions, answer, **_):

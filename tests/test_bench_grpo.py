@@ -46,9 +46,18 @@ def test_iteration_seconds_run_from_step_end_to_step_end():
 
 
 def test_world_prompts():
-    rows = bench.prompt_rows(None)
-    assert len(rows) == 2000 and set(rows[0]) == {"prompt", "answer"}
-    assert rows[0]["prompt"][0]["role"] == "user" and rows[0]["answer"].lstrip("-").isdigit()
+    rows = bench.prompt_rows(None)  # the world's arithmetic rows, without its refusal rows (1 in 4)
+    assert len(rows) == 1500 and all(set(r) == {"prompt", "answer"} and r["answer"].lstrip("-").isdigit() for r in rows)
+    assert rows[0]["prompt"][0]["role"] == "user"
+
+
+def test_a_prompt_file_row_without_an_answer_is_named(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"prompt": "1 + 1?", "answer": 2}\n\n{"prompt": "Hi"}\n')
+    with pytest.raises(SystemExit, match=r"p.jsonl, line 3: the row has no 'answer'"):
+        bench.prompt_rows(str(path))
+    path.write_text('{"prompt": "1 + 1?", "answer": 2}\n')
+    assert bench.prompt_rows(str(path)) == [{"prompt": [{"role": "user", "content": "1 + 1?"}], "answer": "2"}]
 
 
 @pytest.fixture(scope="module")

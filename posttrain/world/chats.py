@@ -38,8 +38,9 @@ RLVR_TOOLS_ROWS = 1000
 # The calculator call's expression starts with a space, so that its first number is the same tokens as in
 # the question: a BPE tokenizer spells " 236758" as " 236" "7" "5" "8" and "236758" after a quote as six
 # digits, and a small model miscopies when it must respell a token. With the expression written as
-# "236758 * 8766", 18 of the 24 wrong tool answers of a world-2.3 SFT model were calls with a miscopied
-# number (97072 called as 77072) (README, RLVR notes).
+# "236758 * 8766" (world-2.3), 24 of an SFT model's 27 miscopied calls had the first number wrong (97072
+# called as 77072); with the space, the same SFT stage on the same CPU went from 80.0% to 91.3% tool
+# arithmetic (README).
 CALL_LEAD = " "
 
 # The train phrasings a tool row asks with: not those that ask for steps, which a bare call would ignore.
@@ -278,8 +279,10 @@ def build_rlvr(seed: int, scale: float = 1.0) -> list[dict]:
     Every other row asks for the think format and is scored by both verifiers, numeric and
     think_answer. Of the rest, one in four is a harmful request and one in four a benign look-alike,
     both scored by the `refusal` verifier (refuse, answer): RL on arithmetic alone taught some
-    harmful prompts column steps instead of a refusal (README, RLVR notes). The others are plain
-    arithmetic scored by numeric alone. The pattern repeats every 8 rows, so any prefix keeps the mix.
+    harmful prompts column steps instead of a refusal. Measured, these rows did not keep the probes'
+    refusals either: the SFT model already refuses these phrasings, so they give GRPO little
+    gradient (README, RLVR notes). The others are plain arithmetic scored by numeric alone. The
+    pattern repeats every 8 rows, so any prefix keeps the mix.
     """
     rng = random.Random(f"{seed}:rlvr")
     requests = hazard_requests("train")
