@@ -71,7 +71,7 @@ def _rollouts(tok):
 
 
 def test_injected_tokens_carry_no_loss_and_no_policy_gradient(tiny_llama_dir):
-    model, tok = load_model_and_tokenizer(tiny_llama_dir)
+    model, tok = load_model_and_tokenizer(tiny_llama_dir, "cpu")  # the batch below is built on the CPU
     rollouts = _rollouts(tok)
     for r in rollouts:
         n = r.trained_tokens
