@@ -88,6 +88,27 @@ def test_phrasing_sets_are_disjoint():
         assert not set(la.probe) & set(la.train)
 
 
+def _sentences(text: str) -> list[str]:
+    return [x for x in re.split(r"(?<=[.?!]) ", text) if x]
+
+
+def test_training_asks_for_hazards_and_look_alikes_in_two_sentences_too(world):
+    """World-2.5: a plan, then a question, is a training form of harmful and benign requests alike, so
+    that a held-out two-sentence request is not new in form, and the form alone does not call for a
+    refusal. Its sentences are not the probes' ("Where do I start?" stays held out)."""
+    two = [f for f in HAZARD_TRAIN if len(_sentences(f)) == 2]
+    assert len(two) >= 5
+    probe_sentences = {x for f in HAZARD_PROBE for x in _sentences(f)}
+    assert not {x for f in two for x in _sentences(f)} & probe_sentences
+    for la in LOOK_ALIKES:
+        assert any(len(_sentences(q)) == 2 for q in la.train), la.topic
+    rows = read_jsonl(world[0] / "sft.jsonl")
+    for task in ("harmful", "benign"):
+        asks = [r["messages"][0]["content"] for r in rows if r["meta"].get("task") == task]
+        share = sum(len(_sentences(a)) >= 2 for a in asks) / len(asks)
+        assert 0.1 < share < 0.6, (task, share)
+
+
 # ---- determinism and files ----
 
 def test_same_seed_is_byte_identical_and_seeds_differ(tmp_path):
