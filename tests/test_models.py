@@ -1,5 +1,7 @@
 """Loading models safely (safetensors only, no remote code unless asked) and choosing a dtype."""
 
+import math
+
 import pytest
 import torch
 
@@ -42,7 +44,7 @@ def test_auto_measurement_picks_bf16_only_when_clearly_faster(monkeypatch, bf16_
     monkeypatch.delenv("POSTTRAIN_CPU_DTYPE", raising=False)
     timed = []
 
-    def fake_seconds(dtype, n=512):
+    def fake_seconds(dtype, n=512, give_up_after=math.inf):
         timed.append(dtype)
         return {torch.bfloat16: bf16_s, torch.float32: fp32_s}[dtype]
 
@@ -54,6 +56,19 @@ def test_auto_measurement_picks_bf16_only_when_clearly_faster(monkeypatch, bf16_
         assert sorted(timed, key=str) == [torch.bfloat16, torch.float32]  # measured once, then cached
     finally:
         models._cpu_bf16_is_faster.cache_clear()  # later tests measure the real CPU, not these timings
+
+
+def test_a_timing_past_the_limit_ends_the_measurement(monkeypatch):
+    """Best of 5 timings, unless the first already takes longer than give_up_after: then that one alone
+    (emulated bf16 needs no 5 slow timings to lose)."""
+    clock = iter(range(100))  # every perf_counter call one second later: every timing is 1 s
+    monkeypatch.setattr(models.time, "perf_counter", lambda: next(clock))
+    assert models._matmul_seconds(torch.float32, n=8) == 1
+    assert next(clock) == 10  # 5 timings, 2 clock readings each
+    assert models._matmul_seconds(torch.float32, n=8, give_up_after=0.5) == 1
+    assert next(clock) == 13  # one timing
+    assert models._matmul_seconds(torch.float32, n=8, give_up_after=1.5) == 1
+    assert next(clock) == 24
 
 
 def test_auto_on_cuda_asks_the_gpu(monkeypatch):
