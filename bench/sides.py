@@ -28,8 +28,9 @@ def add_common_args(p: argparse.ArgumentParser, sides, steps: int = 30) -> None:
     p.add_argument("--steps", type=int, default=steps, help="optimizer steps on every side")
     p.add_argument("--warmup-steps", type=int, default=3,
                    help="optimizer steps run but not timed; tokens/s covers the steps after them")
-    p.add_argument("--dtype", default="bf16", choices=("bf16", "fp32", "auto"),
-                   help="bf16 = autocast over fp32 weights")
+    p.add_argument("--dtype", default="auto", choices=("auto", "bf16", "fp32"),
+                   help="auto (default): bf16 where the CPU has bf16 matrix instructions, else fp32 (bf16 on a CPU "
+                        "without them is emulated and many times slower); bf16 = autocast over fp32 weights")
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--repeats", type=int, default=1,
                    help="rounds of all sides; tokens/s and memory are the medians over rounds")
