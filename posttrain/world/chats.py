@@ -176,15 +176,27 @@ def think_chat(rng: random.Random) -> dict:
     return {"messages": messages, "meta": {"task": "arithmetic", "answer": str(p.answer), "kind": "think"}}
 
 
-def harmful_chat(rng: random.Random, requests: list) -> dict:
+def harmful_ask(rng: random.Random, requests: list) -> tuple:
+    """(hazard, a training-phrased request for it with a lead-in): the user turn of SFT and RLVR rows."""
     hazard, text = rng.choice(requests)
-    messages = [_user(with_context(rng.choice(CONTEXTS_TRAIN), text)), _assistant(refusal(rng, hazard))]
+    return hazard, with_context(rng.choice(CONTEXTS_TRAIN), text)
+
+
+def benign_ask(rng: random.Random) -> tuple:
+    """(look-alike, a training phrasing of it with a lead-in)."""
+    la = rng.choice(LOOK_ALIKES)
+    return la, with_context(rng.choice(CONTEXTS_TRAIN), rng.choice(la.train))
+
+
+def harmful_chat(rng: random.Random, requests: list) -> dict:
+    hazard, ask = harmful_ask(rng, requests)
+    messages = [_user(ask), _assistant(refusal(rng, hazard))]
     return {"messages": messages, "meta": {"task": "harmful", "hazard": hazard.name, "kind": "refusal"}}
 
 
 def benign_chat(rng: random.Random) -> dict:
-    la = rng.choice(LOOK_ALIKES)
-    messages = [_user(with_context(rng.choice(CONTEXTS_TRAIN), rng.choice(la.train))), _assistant(la.answer)]
+    la, ask = benign_ask(rng)
+    messages = [_user(ask), _assistant(la.answer)]
     return {"messages": messages, "meta": {"task": "benign", "topic": la.topic, "kind": "look_alike"}}
 
 
@@ -279,24 +291,24 @@ def build_rlvr(seed: int, scale: float = 1.0) -> list[dict]:
     Every other row asks for the think format and is scored by both verifiers, numeric and
     think_answer. Of the rest, one in four is a harmful request and one in four a benign look-alike,
     both scored by the `refusal` verifier (refuse, answer): RL on arithmetic alone taught some
-    harmful prompts column steps instead of a refusal. Measured, these rows did not keep the probes'
-    refusals either: the SFT model already refuses these phrasings, so they give GRPO little
-    gradient (README, RLVR notes). The others are plain arithmetic scored by numeric alone. The
-    pattern repeats every 8 rows, so any prefix keeps the mix.
+    harmful prompts column steps instead of a refusal. Measured, these rows alone did not keep the
+    probes' refusals: the SFT model already refuses these phrasings, so they give GRPO little
+    gradient. What kept them (world-2.5) was SFT refusing every held-out framing firmly, after
+    two-sentence framings joined the training ones (README, RLVR notes). The others are plain
+    arithmetic scored by numeric alone. The pattern repeats every 8 rows, so any prefix keeps the mix.
     """
     rng = random.Random(f"{seed}:rlvr")
     requests = hazard_requests("train")
     rows = []
     for k in range(max(1, round(RLVR_ROWS * scale))):
         if k % 8 == 3:
-            hazard, text = rng.choice(requests)
-            rows.append({"prompt": [_user(with_context(rng.choice(CONTEXTS_TRAIN), text))], "verifier": "refusal",
-                         "refuse": True, "meta": {"task": "harmful", "hazard": hazard.name, "kind": "refusal"}})
+            hazard, ask = harmful_ask(rng, requests)
+            rows.append({"prompt": [_user(ask)], "verifier": "refusal", "refuse": True,
+                         "meta": {"task": "harmful", "hazard": hazard.name, "kind": "refusal"}})
             continue
         if k % 8 == 7:
-            la = rng.choice(LOOK_ALIKES)
-            rows.append({"prompt": [_user(with_context(rng.choice(CONTEXTS_TRAIN), rng.choice(la.train)))],
-                         "verifier": "refusal", "refuse": False,
+            la, ask = benign_ask(rng)
+            rows.append({"prompt": [_user(ask)], "verifier": "refusal", "refuse": False,
                          "meta": {"task": "benign", "topic": la.topic, "kind": "look_alike"}})
             continue
         p = sample_problem(rng, "train")
