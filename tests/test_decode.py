@@ -108,14 +108,71 @@ def test_bf16_decoder_is_as_close_to_fp32_as_the_transformers_bf16_forward(devic
     assert ours <= 1.25 * theirs, (ours, theirs)
 
 
-def test_models_outside_the_decoder_keep_the_transformers_forward():
+def _lora(model, **config):
+    """`model` with LoRA adapters whose B is not zero (peft starts B at 0, which would hide a missed delta)."""
     from peft import LoraConfig, get_peft_model
 
+    wrapped = get_peft_model(model, LoraConfig(**{"r": 4, "lora_alpha": 8, "target_modules": "all-linear", **config}))
+    torch.manual_seed(7)
+    with torch.no_grad():
+        for name, p in wrapped.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.3)
+    return wrapped.eval()
+
+
+def test_models_outside_the_decoder_keep_the_transformers_forward():
     assert Decoder.for_model(_tiny("llama"), "bf16") is not None
     assert Decoder.for_model(_tiny("mistral", sliding_window=4), "fp32") is None  # a window the decoder lacks
-    wrapped = get_peft_model(_tiny("llama"), LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
-    assert Decoder.for_model(wrapped, "fp32") is None  # LoRA layers are not plain linears
-    assert Decoder.for_model(wrapped.get_base_model(), "fp32") is None
+    assert Decoder.for_model(_lora(_tiny("llama"), use_dora=True), "fp32") is None  # DoRA is more than B @ A
+    assert Decoder.for_model(_lora(_tiny("llama"), lora_bias=True), "fp32") is None
+    assert Decoder.for_model(_lora(_tiny("llama"), trainable_token_indices=[3, 4]), "fp32") is None
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+@pytest.mark.parametrize("targets", ["all-linear", ["q_proj", "v_proj", "down_proj"]])
+def test_lora_adapters_decode_as_their_forward_and_follow_the_adapters(family, targets):
+    """A LoRA policy (the RL stages') decodes through merged weights W + s B A, made per Decoder: the logits
+    are the peft forward's with the adapters on, the base's with them off (reference passes), and a later
+    Decoder sees adapters that trained since."""
+    model = _lora(_tiny(family), target_modules=targets)
+    ids, mask, pos, feed = _inputs()
+    assert Decoder.for_model(model, "fp32") is not None
+    ref = _transformers_steps(model, "fp32", ids, mask, pos, feed)
+    with model.disable_adapter():
+        base = _transformers_steps(model, "fp32", ids, mask, pos, feed)
+        torch.testing.assert_close(_decoder_steps(model, "fp32", ids, mask, pos, feed, room=4), base, atol=1e-4, rtol=0)
+    assert (ref - base).abs().max() > 0.1  # the adapters change the logits, so a missed delta would show
+    torch.testing.assert_close(_decoder_steps(model, "fp32", ids, mask, pos, feed, room=4), ref, atol=1e-4, rtol=0)
+    with torch.no_grad():  # a training step moves the adapters: the next Decoder follows
+        next(p for n, p in model.named_parameters() if "lora_A" in n).add_(0.5)
+    moved = _transformers_steps(model, "fp32", ids, mask, pos, feed)
+    assert (moved - ref).abs().max() > 0.01
+    torch.testing.assert_close(_decoder_steps(model, "fp32", ids, mask, pos, feed, room=4), moved, atol=1e-4, rtol=0)
+
+
+def test_engine_samples_a_lora_policy_the_same_with_and_without_the_decoder(tiny_llama_dir):
+    from posttrain.models import load_model_and_tokenizer
+
+    model, tok = load_model_and_tokenizer(tiny_llama_dir, "cpu")
+    model = _lora(model)
+    params = SamplingParams(max_new_tokens=10, temperature=1.0, seed=5, n=3)
+    prompts = ["The capital of France is", "Hi"]
+    fast = Engine(model, tok, batch_size=6, dtype="fp32").generate(prompts, params)
+    slow = Engine(model, tok, batch_size=6, dtype="fp32", fast_decode=False).generate(prompts, params)
+    assert len({tuple(c.token_ids) for c in fast}) > 2
+    assert [c.token_ids for c in fast] == [c.token_ids for c in slow]
+    for a, b in zip(fast, slow):
+        torch.testing.assert_close(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-4, rtol=0)
+
+
+def test_lora_merged_copies_past_the_budget_keep_the_transformers_forward(monkeypatch):
+    from posttrain.modeling import decode
+
+    model = _lora(_tiny("llama"))
+    monkeypatch.setattr(decode, "FUSE_BYTES", 1000)
+    assert Decoder.for_model(model, "fp32") is None
+    assert Decoder.for_model(_tiny("llama"), "fp32") is not None  # a plain model copies nothing it must
 
 
 @pytest.mark.parametrize("device", DEVICES)

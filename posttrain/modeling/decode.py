@@ -17,9 +17,14 @@ the prefill cache's dtypes (under that autocast: fp32 keys, bf16 values), so it 
 cache would. Rotary cos/sin come from the model's own rotary module, so every RoPE scaling type (llama3,
 yarn, ...) is the model's.
 
+A peft model with plain LoRA adapters (the RL stages' policies) decodes here too: each adapted linear's
+weight is W + sum of its active adapters' scale * B @ A, made once per `Decoder` (one per generate call, so
+it follows the adapters as they train), the same product peft's forward computes as x @ W^T + s * (x @ A^T) @ B^T.
+Those merged weights are copies, so a model takes this path only while they stay within FUSE_BYTES.
+
 Only families whose decoder layer is exactly the above take this path (`Decoder.for_model` returns None
-for the rest, for a peft-wrapped model, or for a non-plain linear such as a quantised one); the engine
-then keeps the transformers forward. tests/test_decode.py checks the logits against the transformers
+for the rest, for adapters other than plain LoRA (DoRA and other variants, a bias on B, trainable token
+rows), or for a non-plain linear such as a quantised one); the engine then keeps the transformers forward. tests/test_decode.py checks the logits against the transformers
 forward step by step for each family.
 """
 
@@ -36,8 +41,8 @@ FUSE_BYTES = 512 * 2**20  # the most the fused q/k/v and gate/up copies may take
 
 
 def _parts(linears, dtype: torch.dtype, fuse: bool) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
-    """(weight, bias) in `dtype` of each linear, or one pair for all of them stacked (fuse)."""
-    pairs = [(m.weight.to(dtype), None if m.bias is None else m.bias.to(dtype)) for m in linears]
+    """(weight, bias) in `dtype` of each linear (LoRA merged in), or one pair for all of them stacked (fuse)."""
+    pairs = [(_weight(m).to(dtype), None if _base(m).bias is None else _base(m).bias.to(dtype)) for m in linears]
     if not fuse or len(pairs) == 1:
         return pairs
     biases = [b if b is not None else w.new_zeros(w.shape[0]) for w, b in pairs]
@@ -46,6 +51,40 @@ def _parts(linears, dtype: torch.dtype, fuse: bool) -> list[tuple[torch.Tensor, 
 
 def _plain_linear(module) -> bool:
     return type(module) is torch.nn.Linear
+
+
+def _lora_adapters(module) -> list[str] | None:
+    """The adapters a peft LoRA linear adds in its forward now ([] when disabled or already merged into its
+    weight), or None where the layer is not one whose adapters merge as scale * B @ A."""
+    try:
+        from peft.tuners.lora.layer import Linear as LoraLinear
+    except ImportError:
+        return None
+    if type(module) is not LoraLinear or not _plain_linear(module.get_base_layer()):
+        return None
+    if module.disable_adapters or module.merged:
+        return []
+    active = [a for a in module.active_adapters if a in module.lora_A]
+    for a in active:
+        if a in getattr(module, "lora_variant", {}) or getattr(module, "use_dora", {}).get(a, False):
+            return None  # DoRA and other variants compute more than B @ A
+        if module.lora_B[a].bias is not None:
+            return None
+    return active
+
+
+def _base(module) -> torch.nn.Linear:
+    """The plain linear under a LoRA layer (or the module itself)."""
+    return module.get_base_layer() if hasattr(module, "get_base_layer") else module
+
+
+def _weight(module) -> torch.Tensor:
+    """The weight the module's forward applies: a LoRA layer's base weight plus its active adapters' deltas."""
+    adapters = _lora_adapters(module) if not _plain_linear(module) else []
+    weight = _base(module).weight
+    for a in adapters or []:
+        weight = weight + module.get_delta_weight(a).to(weight.dtype)
+    return weight
 
 
 def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -74,8 +113,11 @@ class Decoder:
     @classmethod
     def for_model(cls, model, dtype: str) -> Decoder | None:
         """A decoder for `model` in `dtype` ("bf16" or "fp32"), or None where only the transformers forward fits."""
-        if hasattr(model, "get_base_model") or dtype not in DTYPES:
+        if dtype not in DTYPES:
             return None
+        peft = hasattr(model, "get_base_model")
+        if peft:
+            model = model.get_base_model()
         config = getattr(model, "config", None)
         if not type(model).__module__.startswith("transformers."):
             return None  # a subclass of the user's (or a test's) may compute something else: its forward runs
@@ -92,11 +134,19 @@ class Decoder:
             return None
         if getattr(config, "final_logit_softcapping", None) or getattr(config, "hidden_act", "") not in _ACTS:
             return None
+        merged = 0  # bytes of the merged LoRA weights the decoder would copy
         for layer in layers:
             attn, mlp = layer.self_attn, layer.mlp
             linears = (attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj)
-            if not all(_plain_linear(m) for m in linears):
-                return None
+            for m in linears:
+                if _plain_linear(m):
+                    continue
+                adapters = _lora_adapters(m) if peft else None
+                if adapters is None:
+                    return None
+                merged += m.get_base_layer().weight.numel() * torch.finfo(DTYPES[dtype]).bits // 8 if adapters else 0
+        if peft and (type(trunk.embed_tokens) is not torch.nn.Embedding or merged > FUSE_BYTES):
+            return None  # trainable token rows wrap the embedding; or the merged copies would be too large
         return cls(model, DTYPES[dtype])
 
     def __init__(self, model, dtype: torch.dtype):
@@ -114,7 +164,7 @@ class Decoder:
         # Fused [Wq; Wk; Wv] and [Wg; Wu] save two matrix calls a layer, but they are copies: made only while
         # they stay small (a 7B model's would take gigabytes). Unfused, a weight already in the compute dtype
         # is used as it is, without a copy.
-        fused = sum(m.weight.numel() for layer in layers for m in (
+        fused = sum(_base(m).weight.numel() for layer in layers for m in (
             layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj, layer.mlp.gate_proj,
             layer.mlp.up_proj)) * torch.finfo(dtype).bits // 8 <= FUSE_BYTES
         self.layers = []
