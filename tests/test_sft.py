@@ -120,6 +120,20 @@ def test_lora_trains_and_merges(tiny_llama_dir, chat_file, tmp_path):
     assert any(not torch.equal(w[k], base[k]) for k in base if "proj" in k)
 
 
+def test_the_same_seed_gives_the_same_lora_run_and_another_seed_another(tiny_llama_dir, chat_file, tmp_path):
+    """LoRA's A matrices start at random: from the run's seed, so a run with the same seed, data and settings
+    gives the same weights even after other work moved the global generator (as a recipe's earlier stages do)."""
+    runs = {}
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        torch.rand(7)  # the global generator moves between runs
+        c = cfg(**{"train.max_steps": 3, "train.seed": seed, "model.lora.enabled": True, "model.lora.r": 4})
+        run_sft(tiny_llama_dir, chat_file, tmp_path / name, c, progress=False)
+        runs[name] = weights(tmp_path / name)
+    proj = [k for k in runs["a"] if "proj" in k]
+    assert all(torch.equal(runs["a"][k], runs["b"][k]) for k in runs["a"])
+    assert any(not torch.equal(runs["a"][k], runs["c"][k]) for k in proj)
+
+
 def test_lora_trainable_tokens_train_exactly_those_embedding_rows(tiny_llama_dir, chat_file, tmp_path):
     from posttrain.models import load_tokenizer
 

@@ -23,6 +23,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import torch
+
 from posttrain.artifacts import parent_record, save_artifact
 from posttrain.console import summary
 from posttrain.governance.card import write_model_card
@@ -139,6 +141,9 @@ class Stage:
         parent = self.parent(model_path)
         ckpt, run_record = start_run(out, cfg, model_id=self.model_id(model_path, parent), data_records=data.records,
                                      resume=resume, allow_change=allow_change, overwrite=overwrite)
+        # What the stage creates at random (LoRA's A matrices, a new score or value head) comes from the run's
+        # seed, so the same seed, data and settings give the same run; a resumed run loads them from its checkpoint.
+        torch.manual_seed(cfg.train.seed)
         model, device, dtype = self.load(model_path, cfg, tok)
         result, objective = self.train(model, tok, data, cfg, device, dtype, out=out, ckpt=ckpt, run_record=run_record,
                                        progress=progress)
