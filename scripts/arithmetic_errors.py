@@ -5,8 +5,9 @@
 For `arithmetic` and `reasoning` (think/answer) each answer is: right; not worked out (no column
 steps: a refusal or another kind of reply); every column step right but the final answer wrong; or a
 wrong step. For `tool_arithmetic`: right; no calculator call; a call whose expression is not the
-asked problem (a miscopied number); or the right call and a wrong answer. The README's RLVR notes
-quote these counts.
+asked problem (a miscopied number); or the right call and a wrong answer. For the worked probes it
+then counts, by operation, the column (units, tens, ...) of each wrong answer's first wrong step. The
+README's RLVR notes quote these counts.
 """
 
 from __future__ import annotations
@@ -45,13 +46,34 @@ def classify(probe: str, problem: Problem, sample: dict) -> str:
     return "right steps and a wrong final answer" if steps == worked_steps(problem) else "a wrong step"
 
 
-def tally(report: dict, probe: str) -> Counter:
+def first_wrong_column(problem: Problem, response: str) -> int | None:
+    """The column (0 = units) of the first step that differs from the worked steps, for an answer with a wrong
+    step (a missing or extra step counts at the first place the two lists part); None when every step is right."""
+    steps = [line for line in response.split("\n") if line.startswith("Step")]
+    gold = worked_steps(problem)
+    for i in range(max(len(steps), len(gold))):
+        if i >= len(steps) or i >= len(gold) or steps[i] != gold[i]:
+            return i
+    return None
+
+
+def asked_and_answered(report: dict, probe: str) -> list[tuple[Problem, dict]]:
     seed = int(report["source"].split("seed=")[1]) if report["source"].startswith("builtin:") else None
     if seed is None:
         raise SystemExit(f"{probe}: the report's prompts came from {report['source']}; this script rebuilds "
                          f"the built-in world's probes only")
     rows = {r["id"]: r for r in build_probe_sets(seed, report["n"])[probe]}
-    return Counter(classify(probe, asked_problem(rows[s["id"]]), s) for s in report["probes"][probe]["samples"])
+    return [(asked_problem(rows[s["id"]]), s) for s in report["probes"][probe]["samples"]]
+
+
+def tally(report: dict, probe: str) -> Counter:
+    return Counter(classify(probe, p, s) for p, s in asked_and_answered(report, probe))
+
+
+def wrong_columns(report: dict, probe: str) -> Counter:
+    """(operation, first wrong column) of every answer with a wrong step."""
+    return Counter((p.op, first_wrong_column(p, s["response"])) for p, s in asked_and_answered(report, probe)
+                   if classify(probe, p, s) == "a wrong step")
 
 
 def main(argv=None) -> int:
@@ -72,6 +94,12 @@ def main(argv=None) -> int:
         counts = tally(report, probe)
         print(f"{probe} ({sum(counts.values())} answers): "
               + "; ".join(f"{k} {v}" for k, v in counts.most_common()))
+    names = ("units", "tens", "hundreds", "thousands")
+    for probe in (p for p in found if p != "tool_arithmetic"):
+        columns = wrong_columns(report, probe)
+        print(f"{probe}, first wrong step by operation and column: " + ("; ".join(
+            f"{op} {names[c] if c < len(names) else f'column {c + 1}'} {n}"
+            for (op, c), n in sorted(columns.items(), key=lambda x: (-x[1], x[0]))) or "none"))
     return 0
 
 

@@ -48,6 +48,18 @@ def test_each_kind_of_wrong_answer_is_told_apart(tmp_path, capsys):
         out[0].split(": ", 1)[1].split("; "))
     assert {"right call, wrong answer 1", "call with a miscopied number 1", "no calculator call 1"} == set(
         out[1].split(": ", 1)[1].split("; "))
+    # The one wrong-step answer went wrong in its first (units) column.
+    assert out[2] == f"reasoning, first wrong step by operation and column: {think[2][1].op} units 1"
+
+
+def test_the_first_wrong_column_counts_from_the_units():
+    errors = load_script()
+    p = errors.Problem(241, "-", 40)
+    steps = worked_steps(p)
+    assert errors.first_wrong_column(p, "\n".join(steps) + "\nThe answer is 7.") is None
+    assert errors.first_wrong_column(p, "Step: 11 - 0 = 9, borrow 1, write 9\n" + "\n".join(steps[1:])) == 0
+    assert errors.first_wrong_column(p, "\n".join(steps[:2] + ["Step: 1 - 1 = 0, write 0"])) == 2
+    assert errors.first_wrong_column(p, "\n".join(steps[:1])) == 1  # a step left out
 
 
 def test_a_report_without_arithmetic_probes_is_refused(tmp_path, capsys):
