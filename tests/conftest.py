@@ -13,6 +13,8 @@ it). `build_tiny_model` and `build_tokenizer` are plain functions for tests that
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -103,3 +105,13 @@ def tiny_llama_dir(tmp_path_factory):
 def tiny_qwen2_dir(tmp_path_factory):
     """Directory with a tiny random Qwen2ForCausalLM and the test tokenizer (safetensors)."""
     return _save_tiny(tmp_path_factory, "qwen2")
+
+
+def load_script(name: str):
+    """scripts/<name>.py as a module (the scripts are not a package), for the tests of those scripts."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -1,24 +1,15 @@
 """scripts/arithmetic_errors.py: the README's breakdown of wrong arithmetic answers, on made-up samples."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 from posttrain.world.arithmetic import worked_steps
 from posttrain.world.probes import build_probe_sets
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "arithmetic_errors.py"
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("arithmetic_errors", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from conftest import load_script
 
 
 def test_each_kind_of_wrong_answer_is_told_apart(tmp_path, capsys):
-    errors = load_script()
+    errors = load_script("arithmetic_errors")
     sets = build_probe_sets(0, 8)
     think = [(r, errors.asked_problem(r)) for r in sets["reasoning"][:4]]
     tool = [(r, errors.asked_problem(r)) for r in sets["tool_arithmetic"][:3]]
@@ -53,7 +44,7 @@ def test_each_kind_of_wrong_answer_is_told_apart(tmp_path, capsys):
 
 
 def test_the_first_wrong_column_counts_from_the_units():
-    errors = load_script()
+    errors = load_script("arithmetic_errors")
     p = errors.Problem(241, "-", 40)
     steps = worked_steps(p)
     assert errors.first_wrong_column(p, "\n".join(steps) + "\nThe answer is 7.") is None
@@ -65,12 +56,12 @@ def test_the_first_wrong_column_counts_from_the_units():
 def test_a_report_without_arithmetic_probes_is_refused(tmp_path, capsys):
     path = tmp_path / "eval_report.json"
     path.write_text(json.dumps({"source": "builtin:seed=0", "n": 8, "probes": {"ifeval": {"samples": []}}}))
-    assert load_script().main([str(path)]) == 2
+    assert load_script("arithmetic_errors").main([str(path)]) == 2
     assert "no arithmetic, reasoning or tool_arithmetic probe" in capsys.readouterr().err
 
 
 def test_a_missing_or_broken_report_is_one_clear_line(tmp_path, capsys):
-    script = load_script()
+    script = load_script("arithmetic_errors")
     assert script.main([str(tmp_path / "nope.json")]) == 2
     broken = tmp_path / "broken.json"
     broken.write_text("{not json")

@@ -1,6 +1,5 @@
 """The arithmetic probe's held-out rule, and scripts/heldout_partition.py, which measures what it costs."""
 
-import importlib.util
 import json
 import random
 from pathlib import Path
@@ -9,15 +8,9 @@ import pytest
 
 from posttrain.world.arithmetic import ASK_PROBE, OPS, Problem, is_probe_problem, sample_problem
 
+from conftest import load_script
+
 REPO = Path(__file__).resolve().parents[1]
-SCRIPT = REPO / "scripts" / "heldout_partition.py"
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("heldout_partition", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_the_probe_rule_reads_only_the_last_digits():
@@ -30,7 +23,7 @@ def test_the_probe_rule_reads_only_the_last_digits():
 
 
 def test_a_partition_rule_can_be_given_and_the_default_draws_are_unchanged():
-    script = load_script()
+    script = load_script("heldout_partition")
     a, b = random.Random(3), random.Random(3)
     assert [sample_problem(a) for _ in range(50)] == [sample_problem(b, held_out=is_probe_problem) for _ in range(50)]
     drawn = [sample_problem(random.Random(i), "probe", held_out=script.hashed) for i in range(200)]
@@ -39,7 +32,7 @@ def test_a_partition_rule_can_be_given_and_the_default_draws_are_unchanged():
 
 
 def test_hashed_rows_avoid_every_trained_problem_and_ask_in_probe_phrasings(tmp_path):
-    script = load_script()
+    script = load_script("heldout_partition")
     first = script.hashed_rows(40, set())
     (tmp_path / "probes").mkdir()
     (tmp_path / "sft.jsonl").write_text(json.dumps({"text": f"What is {first[0]['meta']['question']}?"}) + "\n")
@@ -58,7 +51,7 @@ def test_hashed_rows_avoid_every_trained_problem_and_ask_in_probe_phrasings(tmp_
 
 
 def test_bad_paths_are_named(tmp_path, capsys):
-    script = load_script()
+    script = load_script("heldout_partition")
     with pytest.raises(SystemExit) as e:
         script.main([str(tmp_path / "nowhere"), str(REPO / "models" / "base")])
     assert e.value.code == 2 and "nowhere: not a directory" in capsys.readouterr().err
@@ -72,7 +65,7 @@ def test_bad_paths_are_named(tmp_path, capsys):
 
 def test_both_sets_are_graded_on_the_shipped_base(tmp_path, capsys):
     (tmp_path / "sft.jsonl").write_text(json.dumps({"text": "What is 12 + 30?"}) + "\n")
-    assert load_script().main([str(tmp_path), str(REPO / "models" / "base"), "--n", "4", "--dtype", "fp32"]) == 0
+    assert load_script("heldout_partition").main([str(tmp_path), str(REPO / "models" / "base"), "--n", "4", "--dtype", "fp32"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0] == "| model | arithmetic probe (last-digit rule) | hash partition, in no stream |"
     assert out[2].startswith(f"| {REPO / 'models' / 'base'} | ") and out[2].count("%") == 2

@@ -1,6 +1,5 @@
 """scripts/pass_at_k.py: pass@k of a model on held-out probes (the README's RLVR notes quote it)."""
 
-import importlib.util
 import re
 from pathlib import Path
 
@@ -8,20 +7,14 @@ import pytest
 
 from posttrain.engine import Completion, Engine
 
+from conftest import load_script
+
 REPO = Path(__file__).resolve().parents[1]
-SCRIPT = REPO / "scripts" / "pass_at_k.py"
 PROBLEM = re.compile(r"(\d+) ([-+*]) (\d+)")
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("pass_at_k", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_pass_curve_is_the_unbiased_estimate_per_row_averaged():
-    script = load_script()
+    script = load_script("pass_at_k")
     assert script.ks(16) == [1, 2, 4, 8, 16] and script.ks(6) == [1, 2, 4, 6] and script.ks(1) == [1]
     # Row 1: one right of 4; row 2: none; row 3: all four.
     flags = [True, False, False, False] + [False] * 4 + [True] * 4
@@ -34,7 +27,7 @@ def test_pass_curve_is_the_unbiased_estimate_per_row_averaged():
 def test_samples_are_graded_against_their_own_row(monkeypatch, capsys):
     """The engine returns samples prompt-major; each is graded against its own row's answer. A fake model
     right only in its first sample of each row: pass@1 = 1/4, pass@2 = 1/2 and pass@4 = 1 exactly."""
-    script = load_script()
+    script = load_script("pass_at_k")
 
     def fake_chat(self, conversations, params, labels=None):
         out = []
@@ -62,19 +55,19 @@ def test_samples_are_graded_against_their_own_row(monkeypatch, capsys):
 ])
 def test_bad_options_are_named(args, says, capsys):
     with pytest.raises(SystemExit) as e:
-        load_script().main([str(REPO / "models" / "base"), *args])
+        load_script("pass_at_k").main([str(REPO / "models" / "base"), *args])
     assert e.value.code == 2 and says in capsys.readouterr().err
 
 
 def test_a_directory_without_a_model_is_named(tmp_path, capsys):
     with pytest.raises(SystemExit):
-        load_script().main([str(tmp_path)])
+        load_script("pass_at_k").main([str(tmp_path)])
     assert f"{tmp_path}: not a model directory" in capsys.readouterr().err
 
 
 def test_the_real_engine_runs_through_on_the_shipped_base():
     """No fakes: the shipped base answers 3 rows twice each; pass@k is a fraction that never falls with k."""
-    curves = load_script().measure(str(REPO / "models" / "base"), ["arithmetic", "reasoning"], 2, 1.0, 3, None, 0,
+    curves = load_script("pass_at_k").measure(str(REPO / "models" / "base"), ["arithmetic", "reasoning"], 2, 1.0, 3, None, 0,
                                    "fp32")
     for curve in curves.values():
         assert list(curve) == [1, 2] and 0 <= curve[1] <= curve[2] <= 1
