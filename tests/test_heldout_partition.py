@@ -65,7 +65,8 @@ def test_bad_paths_are_named(tmp_path, capsys):
 
 def test_both_sets_are_graded_on_the_shipped_base(tmp_path, capsys):
     (tmp_path / "sft.jsonl").write_text(json.dumps({"text": "What is 12 + 30?"}) + "\n")
-    assert load_script("heldout_partition").main([str(tmp_path), str(REPO / "models" / "base"), "--n", "4", "--dtype", "fp32"]) == 0
+    script = load_script("heldout_partition")
+    assert script.main([str(tmp_path), str(REPO / "models" / "base"), "--n", "4", "--dtype", "fp32"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0] == "| model | arithmetic probe (last-digit rule) | hash partition, in no stream |"
     assert out[2].startswith(f"| {REPO / 'models' / 'base'} | ") and out[2].count("%") == 2

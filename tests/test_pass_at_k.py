@@ -67,7 +67,7 @@ def test_a_directory_without_a_model_is_named(tmp_path, capsys):
 
 def test_the_real_engine_runs_through_on_the_shipped_base():
     """No fakes: the shipped base answers 3 rows twice each; pass@k is a fraction that never falls with k."""
-    curves = load_script("pass_at_k").measure(str(REPO / "models" / "base"), ["arithmetic", "reasoning"], 2, 1.0, 3, None, 0,
-                                   "fp32")
+    script = load_script("pass_at_k")
+    curves = script.measure(str(REPO / "models" / "base"), ["arithmetic", "reasoning"], 2, 1.0, 3, None, 0, "fp32")
     for curve in curves.values():
         assert list(curve) == [1, 2] and 0 <= curve[1] <= curve[2] <= 1

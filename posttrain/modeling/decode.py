@@ -18,14 +18,16 @@ cache would. Rotary cos/sin come from the model's own rotary module, so every Ro
 yarn, ...) is the model's.
 
 A peft model with plain LoRA adapters (the RL stages' policies) decodes here too: each adapted linear's
-weight is W + sum of its active adapters' scale * B @ A, made once per `Decoder` (one per generate call, so
-it follows the adapters as they train), the same product peft's forward computes as x @ W^T + s * (x @ A^T) @ B^T.
-Those merged weights are copies, so a model takes this path only while they stay within FUSE_BYTES.
+weight is W + the sum of its active adapters' s * B @ A, made once per `Decoder` (one per generate call,
+so it follows the adapters as they train): the product peft's forward computes as
+x @ W^T + s * (x @ A^T) @ B^T. Those merged weights are copies, so a model takes this path only while
+they stay within FUSE_BYTES.
 
 Only families whose decoder layer is exactly the above take this path (`Decoder.for_model` returns None
 for the rest, for adapters other than plain LoRA (DoRA and other variants, a bias on B, trainable token
-rows), or for a non-plain linear such as a quantised one); the engine then keeps the transformers forward. tests/test_decode.py checks the logits against the transformers
-forward step by step for each family.
+rows), or for a non-plain linear such as a quantised one); the engine then keeps the transformers
+forward. tests/test_decode.py checks the logits against the transformers (and peft) forward step by
+step for each family.
 """
 
 from __future__ import annotations
