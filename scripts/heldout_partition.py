@@ -86,15 +86,20 @@ def main(argv=None) -> int:
                          "local transformers model directory")
     if not args.world.is_dir():
         parser.error(f"{args.world}: not a directory; pass the world directory the models trained on")
+    from posttrain.errors import PosttrainError
     from posttrain.evals.sources import ProbeSource
 
     sets = {"arithmetic probe (last-digit rule)": ProbeSource(None).rows("arithmetic", args.n),
             "hash partition, in no stream": hashed_rows(args.n, trained_problems(args.world))}
     print(f"| model | {' | '.join(sets)} |\n|---|---|---|")
-    for model in args.models:
-        acc = accuracy(model, sets, args.dtype)
-        print(f"| {model} | " + " | ".join(f"{100 * v:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]"
-                                         for v, lo, hi in acc.values()) + " |", flush=True)
+    try:
+        for model in args.models:
+            acc = accuracy(model, sets, args.dtype)
+            print(f"| {model} | " + " | ".join(f"{100 * v:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]"
+                                             for v, lo, hi in acc.values()) + " |", flush=True)
+    except PosttrainError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -70,3 +70,17 @@ def test_both_sets_are_graded_on_the_shipped_base(tmp_path, capsys):
     out = capsys.readouterr().out.splitlines()
     assert out[0] == "| model | arithmetic probe (last-digit rule) | hash partition, in no stream |"
     assert out[2].startswith(f"| {REPO / 'models' / 'base'} | ") and out[2].count("%") == 2
+
+
+@pytest.mark.parametrize("script, args", [("heldout_partition", ["WORLD", "MODEL", "--n", "2"]),
+                                          ("pass_at_k", ["MODEL", "--n", "2", "--samples", "2"])])
+def test_a_model_directory_without_weights_is_one_clear_error(script, args, tmp_path, capsys):
+    """A directory that passes the first check (config.json) but holds no weights: the loader's one-paragraph
+    error, exit 2, no traceback; for both scripts that load models."""
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")
+    (tmp_path / "sft.jsonl").write_text(json.dumps({"text": "What is 12 + 30?"}) + "\n")
+    argv = [str(tmp_path / "model") if a == "MODEL" else str(tmp_path) if a == "WORLD" else a for a in args]
+    assert load_script(script).main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "holds no .safetensors weights" in err and "Traceback" not in err
