@@ -77,6 +77,20 @@ def one_paragraph(e: BaseException) -> str | None:
     return re.sub(r"\s*\n\s*", " ", text.strip())  # one paragraph, whatever the message held
 
 
+def run_reporting_errors(work) -> int:
+    """Run a tool's `work()` (the scripts under scripts/ use it): 0, or an error caused by the user's input as one
+    paragraph on stderr and 2, as `posttrain` does; anything else (a bug) still raises."""
+    try:
+        work()
+    except Exception as e:
+        message = one_paragraph(e)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def _accept_debug(parser: argparse.ArgumentParser) -> None:
     """--debug after the command too (`posttrain config show sft --debug`), in nested subcommands as well.
 

@@ -13,7 +13,6 @@ gets both accuracies with 95% Wilson intervals.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import hashlib
 import random
 import re
@@ -86,21 +85,20 @@ def main(argv=None) -> int:
                          "local transformers model directory")
     if not args.world.is_dir():
         parser.error(f"{args.world}: not a directory; pass the world directory the models trained on")
-    from posttrain.errors import PosttrainError
+    from posttrain.cli import run_reporting_errors
     from posttrain.evals.sources import ProbeSource
 
     sets = {"arithmetic probe (last-digit rule)": ProbeSource(None).rows("arithmetic", args.n),
             "hash partition, in no stream": hashed_rows(args.n, trained_problems(args.world))}
     print(f"| model | {' | '.join(sets)} |\n|---|---|---|")
-    try:
+
+    def rows():
         for model in args.models:
             acc = accuracy(model, sets, args.dtype)
             print(f"| {model} | " + " | ".join(f"{100 * v:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]"
                                              for v, lo, hi in acc.values()) + " |", flush=True)
-    except PosttrainError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+
+    return run_reporting_errors(rows)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from posttrain.errors import PosttrainError
+from posttrain.cli import run_reporting_errors
 from posttrain.stages.grpo import pass_at_k
 
 PROBES = ("arithmetic", "reasoning", "large_arithmetic", "tool_arithmetic", "knowledge_exposure")
@@ -93,16 +93,15 @@ def main(argv=None) -> int:
     print(f"pass@k, {args.samples} samples a row at temperature {args.temperature}, {args.n} rows a probe")
     header = " | ".join(f"pass@{k}" for k in ks(args.samples))
     print(f"| model | probe | {header} |\n|---|---|" + "---|" * len(ks(args.samples)))
-    try:
+
+    def rows():
         for model in args.models:
             curves = measure(model, probes, args.samples, args.temperature, args.n, args.data, args.seed, args.dtype)
             for probe, curve in curves.items():
                 print(f"| {model} | {probe} | " + " | ".join(f"{100 * v:.1f}%" for v in curve.values()) + " |",
                       flush=True)
-    except PosttrainError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+
+    return run_reporting_errors(rows)
 
 
 if __name__ == "__main__":
