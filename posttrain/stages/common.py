@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import warnings
 from pathlib import Path
 
 from posttrain.config import load_config
@@ -111,12 +112,16 @@ def prepare_model(model_path, mcfg: ModelConfig, tok=None, head: str = "causal")
         if mcfg.lora.trainable_tokens_from:
             ids |= tokens_unseen_in(tok, mcfg.lora.trainable_tokens_from)
         extra = {"trainable_token_indices": sorted(ids)} if ids else {}
-        model = get_peft_model(model, PeftLora(
-            r=mcfg.lora.r, lora_alpha=mcfg.lora.alpha, lora_dropout=mcfg.lora.dropout,
-            target_modules=targets if targets == "all-linear" else [t.strip() for t in targets.split(",")],
-            task_type="CAUSAL_LM" if head == "causal" else "SEQ_CLS",  # SEQ_CLS also trains the new head
-            **extra,
-        ))
+        with warnings.catch_warnings():
+            # peft 0.21 reads transformers' deprecated `is_gradient_checkpointing`: a FutureWarning the user
+            # cannot act on, printed at every LoRA stage.
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            model = get_peft_model(model, PeftLora(
+                r=mcfg.lora.r, lora_alpha=mcfg.lora.alpha, lora_dropout=mcfg.lora.dropout,
+                target_modules=targets if targets == "all-linear" else [t.strip() for t in targets.split(",")],
+                task_type="CAUSAL_LM" if head == "causal" else "SEQ_CLS",  # SEQ_CLS also trains the new head
+                **extra,
+            ))
     return model, tok, device, dtype
 
 
