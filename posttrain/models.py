@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from posttrain.console import notice
 from posttrain.errors import PosttrainError, bad_utf8
 
 DTYPES = ("auto", "fp32", "bf16")
@@ -316,14 +317,16 @@ def load_model(path: str | Path, device: str | torch.device = "auto", trust_remo
     device = resolve_device(device)
     auto, extra = (AutoModelForCausalLM, {}) if head == "causal" else (AutoModelForSequenceClassification, {"num_labels": 1})
     try:
-        model = auto.from_pretrained(
-            str(path),
-            dtype=torch.float32,
-            use_safetensors=True,
-            trust_remote_code=trust_remote_code,
-            local_files_only=True,
-            **extra,
-        )
+        with _quiet_load_report(head == "score"):
+            model, info = auto.from_pretrained(
+                str(path),
+                dtype=torch.float32,
+                use_safetensors=True,
+                trust_remote_code=trust_remote_code,
+                local_files_only=True,
+                output_loading_info=True,
+                **extra,
+            )
     except ValueError as e:
         if "trust_remote_code" in str(e):
             raise _remote_code_error(path) from e
@@ -331,7 +334,40 @@ def load_model(path: str | Path, device: str | torch.device = "auto", trust_remo
     except (SafetensorError, OSError) as e:
         raise PosttrainError(f"the model in '{path}' cannot be loaded: {_first_line(e)}. Copy the model again from "
                              f"where it came from.") from e
+    if head == "score":
+        # transformers' load report is silenced for a new scalar head (missing from a causal LM by design);
+        # anything else missing or left over is still reported, in one line.
+        missing = sorted(k for k in info["missing_keys"] if k.split(".")[0] not in SCORE_HEADS)
+        unexpected = sorted(k for k in info["unexpected_keys"] if k.split(".")[0] not in CAUSAL_HEADS)
+        if missing or unexpected or info["mismatched_keys"]:
+            notice(f"loading '{path}' as a scalar-head model: weights missing from the checkpoint (newly "
+                 f"initialised): {_keys(missing)}; checkpoint weights left unused: {_keys(unexpected)}; "
+                 f"of another shape: {_keys(sorted(map(str, info['mismatched_keys'])))}.")
     return model.to(device)
+
+
+SCORE_HEADS = {"score", "classifier"}  # a sequence-classification head's module, by family
+CAUSAL_HEADS = {"lm_head"}  # a causal LM's output layer, which a scalar-head model does not use
+
+
+def _keys(keys: list[str], n: int = 4) -> str:
+    return ", ".join(keys[:n]) + (f" and {len(keys) - n} more" if len(keys) > n else "") if keys else "none"
+
+
+@contextlib.contextmanager
+def _quiet_load_report(quiet: bool):
+    """transformers' log level raised to errors while `quiet`: its load report goes unprinted."""
+    if not quiet:
+        yield
+        return
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
 
 
 def load_model_and_tokenizer(path: str | Path, device: str | torch.device = "auto", trust_remote_code: bool = False):

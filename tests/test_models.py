@@ -176,3 +176,26 @@ def test_a_lora_stage_model_builds_without_the_deprecation_warning_peft_triggers
     assert hasattr(model, "get_base_model")
     messages = [str(w.message) for w in caught]
     assert sum("is_gradient_checkpointing" in m for m in messages) == 1, messages
+
+
+def test_a_new_scalar_head_loads_quietly_and_other_gaps_are_reported(tiny_llama_dir, tmp_path, capfd):
+    """A causal LM loaded with a scalar head lacks `score.weight` by design: no transformers load report. A
+    checkpoint that lacks trunk weights is still reported, in posttrain's one line."""
+    from safetensors.torch import load_file, save_file
+
+    model = load_model(tiny_llama_dir, "cpu", head="score")
+    assert model.score.weight.shape[0] == 1
+    err = capfd.readouterr().err
+    assert "LOAD REPORT" not in err and "posttrain:" not in err, err
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for f in tiny_llama_dir.iterdir():
+        if f.is_file() and f.suffix != ".safetensors":
+            (broken / f.name).write_bytes(f.read_bytes())
+    weights = load_file(str(tiny_llama_dir / "model.safetensors"))
+    dropped = next(k for k in weights if "layers.0.mlp.up_proj" in k)
+    save_file({k: v for k, v in weights.items() if k != dropped}, str(broken / "model.safetensors"))
+    load_model(broken, "cpu", head="score")
+    err = capfd.readouterr().err
+    assert "weights missing from the checkpoint" in err and dropped in err, err
