@@ -231,6 +231,8 @@ class Runner:
     # -------------------------------------------------------------- running
 
     def run(self) -> dict[str, Path]:
+        from posttrain.world import build as world_build
+
         current_model = self.recipe.base
         if self.recipe.publish:  # a refused target is reported before hours of training, not after
             self._check_publish(self.recipe.publish)
@@ -245,6 +247,8 @@ class Runner:
             fp_inputs = {"stage": spec.raw, "model": self._input_fingerprint(model_ref) if model_ref and spec.kind not in ("world", "tokenizer") else None}
             if "data" in spec.raw:
                 fp_inputs["data"] = self._input_fingerprint(spec.raw["data"])
+            if spec.kind in ("world", "eval"):  # data the world generator writes (an eval's probes, by default):
+                fp_inputs["generator"] = world_build.WORLD_VERSION  # a new generator's world is a new input
             other_refs = sorted(set(_refs(spec.raw)) - {model_ref, spec.raw.get("data")})
             if other_refs:  # e.g. an eval `source` or a `replay_data` inside config
                 fp_inputs["refs"] = [self._input_fingerprint(r) for r in other_refs]

@@ -168,6 +168,25 @@ def test_changing_the_world_reruns_a_stage_that_reads_it_only_as_eval_source(tin
     assert calls == ["build_world", "run_probes"]
 
 
+def test_a_new_world_generator_reruns_the_world_and_the_evals_of_its_probes(tiny_llama_dir, tmp_path, monkeypatch):
+    """A posttrain whose world generator changed (WORLD_VERSION) must not skip the world stage as unchanged, nor an
+    eval of the built-in probes: their data would be the old generator's."""
+    from posttrain.world import build as world_build
+
+    recipe = {"name": "gen", "stages": [
+        {"name": "world", "stage": "world", "seed": 0, "scale": 0.02},
+        {"name": "eval", "stage": "eval", "model": str(tiny_llama_dir), "probes": ["cloze_recall"], "n": 2}]}
+    path = write_recipe(tmp_path / "gen.yaml", recipe)
+    monkeypatch.setenv("POSTTRAIN_CPU_DTYPE", "fp32")
+    Runner(load_recipe(path), tmp_path / "run", progress=False).run()
+    calls = spy_stages(monkeypatch)
+    Runner(load_recipe(path), tmp_path / "run", progress=False).run()
+    assert calls == []
+    monkeypatch.setattr(world_build, "WORLD_VERSION", world_build.WORLD_VERSION + "-next")
+    Runner(load_recipe(path), tmp_path / "run", progress=False).run()
+    assert calls == ["build_world", "run_probes"]
+
+
 def test_quick_overrides_merge_into_the_stages(done_run):
     recipe_path, _ = done_run
     full, quick = load_recipe(recipe_path), load_recipe(recipe_path, quick=True)

@@ -29,10 +29,11 @@ from posttrain.world.policies import CONSTITUTION, HAZARD_POLICY
 from posttrain.world.preferences import build_preferences, build_prompts, build_rm_pairs
 from posttrain.world.probes import build_probe_sets
 
-WORLD_VERSION = "world-2.5"  # 2.1: tool and think SFT rows, think RLVR rows, rlvr_tools, three probes; 2.2: records;
+WORLD_VERSION = "world-2.6"  # 2.1: tool and think SFT rows, think RLVR rows, rlvr_tools, three probes; 2.2: records;
 # 2.3: 18 train phrasings of an arithmetic question and 11 of the think format (were 6 and 3); corpus unchanged;
 # 2.4: SFT calculator calls write the expression after a space (chats.CALL_LEAD); rlvr.jsonl holds refusal rows
 # 2.5: two-sentence training requests: five hazard framings, one phrasing per look-alike (hazards.py); corpus unchanged
+# 2.6: one held-out hazard framing reworded, so no harmful probe shares a 13-gram with training data; all else unchanged
 # Record documents in the corpus at scale 1 (records.py). The SFT replay leaves them out (in one pair of runs,
 # replaying them gave lower tool arithmetic; README).
 RECORDS = 20000
