@@ -147,3 +147,45 @@ def test_contamination_can_be_switched_off(leaky_sft, tmp_path, capsys):
     assert main(args) == 0
     assert "contamination" not in capsys.readouterr().err
     assert "contamination" not in read_provenance(tmp_path / "off")["metrics"]
+
+
+def _brute_force(training_texts, probe_sets, n):
+    """Every window of every length against every probe gram: the definition, with no index."""
+    grams = {}
+    for name, rows in probe_sets.items():
+        for i, row in enumerate(rows):
+            prompts, answers = contamination.probe_texts(row)
+            for text, whole_ok in [*((t, True) for t in prompts), *((t, False) for t in answers)]:
+                w = contamination.words(text)
+                for g in ([w[j:j + n] for j in range(len(w) - n + 1)] if len(w) >= n else
+                          [w] if whole_ok and len(w) >= contamination.MIN_WORDS else []):
+                    grams.setdefault(tuple(g), set()).add((name, i))
+    hit = set()
+    for text in training_texts:
+        w = contamination.words(text)
+        for k in {len(g) for g in grams}:
+            for j in range(len(w) - k + 1):
+                hit |= grams.get(tuple(w[j:j + k]), set())
+    return {name: sum((name, i) in hit for i in range(len(rows))) for name, rows in probe_sets.items()}
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 6, 13])
+def test_the_indexed_scan_finds_what_every_window_finds(n):
+    """The scan looks up only windows whose first words start a probe gram; on random text (partial matches,
+    probe text planted whole, at a text's start and at its end) it counts the same rows as checking every
+    window of every length."""
+    import random
+
+    rng = random.Random(n)
+    vocab = [f"w{i}" for i in range(60)]
+    sentence = lambda k: " ".join(rng.choice(vocab) for _ in range(k))  # noqa: E731
+    probes = {"a": [{"messages": [{"role": "user", "content": sentence(rng.randint(3, 16))}],
+                     "meta": {"answer": sentence(rng.randint(1, 8))}} for _ in range(40)],
+              "b": [{"prompt": sentence(rng.randint(5, 20))} for _ in range(40)]}
+    texts = [sentence(rng.randint(0, 60)) for _ in range(200)]
+    texts += [probes["a"][i]["messages"][0]["content"] + " " + sentence(5) for i in range(6)]  # at the start
+    texts += [sentence(5) + " " + probes["b"][i]["prompt"] for i in range(6)]  # at the end
+    found = contamination.check([[t] for t in texts], probes, n=n)
+    expected = _brute_force(texts, probes, n)
+    assert {k: r.contaminated for k, r in found.sets.items()} == expected
+    assert sum(expected.values()) >= 10 and (n < 6 or sum(expected.values()) < 40)

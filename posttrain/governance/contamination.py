@@ -13,8 +13,9 @@ probe prompt shorter than n words (and at least MIN_WORDS long) therefore counts
 occurs whole, as a run of words, in the training data: a verbatim copy of the question. A short answer
 ("Paris") is common text, not evidence, and is left out.
 
-The probe side is small, so its n-grams are hashed into a dict; the training data is streamed past it,
-window by window, for each length needed. The demo's SFT data (about 100k words) takes well under a second.
+The probe side is small, so its n-grams are hashed into a dict, indexed by their first two words; the
+training data is streamed past it, and only a window that starts with such a pair is hashed. The demo's SFT
+data and its replay (about 480k words) take about half a second.
 """
 
 from __future__ import annotations
@@ -119,16 +120,24 @@ def check(training_rows, probe_sets: dict[str, list[dict]], n: int = N, threshol
                     [w] if whole_ok and len(w) >= MIN_WORDS else []
                 for g in grams:
                     wanted.setdefault((len(g), hash(tuple(g))), []).append((name, i, " ".join(g)))
-    lengths = sorted({k for k, _ in wanted})
+    # A window can match only where its first words begin a wanted n-gram: the lengths wanted after each
+    # lead (the first two words, or one where n-grams of one word are wanted) are indexed, so most positions
+    # of the training text cost one dict lookup instead of a hash per length.
+    lead = 2 if all(k >= 2 for k, _ in wanted) else 1
+    leads: dict[tuple[str, ...], set[int]] = {}
+    for entries in wanted.values():
+        for _, _, gram in entries:
+            g = gram.split(" ")
+            leads.setdefault(tuple(g[:lead]), set()).add(len(g))
     hit: dict[str, dict[int, str]] = {name: {} for name in probe_sets}
     total = 0
     for row in training_rows:
         for text in row if isinstance(row, list) else training_texts(row):
             w = words(text)
             total += len(w)
-            for k in lengths:
-                for j in range(len(w) - k + 1):
-                    found = wanted.get((k, hash(tuple(w[j:j + k]))))
+            for j, key in enumerate(zip(w, w[1:]) if lead == 2 else zip(w)):
+                for k in leads.get(key, ()):
+                    found = wanted.get((k, hash(tuple(w[j:j + k])))) if j + k <= len(w) else None
                     if found:
                         for name, i, gram in found:
                             hit[name].setdefault(i, gram)
