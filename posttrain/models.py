@@ -341,8 +341,8 @@ def load_model(path: str | Path, device: str | torch.device = "auto", trust_remo
         unexpected = sorted(k for k in info["unexpected_keys"] if k.split(".")[0] not in CAUSAL_HEADS)
         if missing or unexpected or info["mismatched_keys"]:
             notice(f"loading '{path}' as a scalar-head model: weights missing from the checkpoint (newly "
-                 f"initialised): {_keys(missing)}; checkpoint weights left unused: {_keys(unexpected)}; "
-                 f"of another shape: {_keys(sorted(map(str, info['mismatched_keys'])))}.")
+                   f"initialised): {_keys(missing)}; checkpoint weights left unused: {_keys(unexpected)}; "
+                   f"of another shape: {_keys(sorted(map(str, info['mismatched_keys'])))}.")
     return model.to(device)
 
 
