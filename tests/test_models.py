@@ -199,3 +199,33 @@ def test_a_new_scalar_head_loads_quietly_and_other_gaps_are_reported(tiny_llama_
     load_model(broken, "cpu", head="score")
     err = capfd.readouterr().err
     assert "weights missing from the checkpoint" in err and dropped in err, err
+
+
+def test_gradient_checkpointing_turns_on_without_a_deprecation_warning(tiny_llama_dir):
+    """`model.gradient_checkpointing: true` enables transformers' (activation) checkpointing by its current name,
+    and the model still trains: the same loss and gradients as without it."""
+    import warnings
+
+    from posttrain.config import load_config
+    from posttrain.stages import common
+    from posttrain.stages.sft import SFTConfig
+
+    def loss_and_grads(flag: str):
+        cfg = load_config(SFTConfig, overrides=["device=cpu", "dtype=fp32", f"model.gradient_checkpointing={flag}"]).model
+        torch.manual_seed(0)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model, *_ = common.prepare_model(tiny_llama_dir, cfg)
+        model.train()
+        ids = torch.arange(3, 19)[None]
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        return model, loss.item(), model.model.layers[0].mlp.up_proj.weight.grad, [str(w.message) for w in caught]
+
+    on, loss_on, grad_on, caught = loss_and_grads("true")
+    off, loss_off, grad_off, _ = loss_and_grads("false")
+    checkpointing = getattr(type(on), "is_activation_checkpointing", None)
+    assert (on.is_activation_checkpointing if checkpointing is not None else on.is_gradient_checkpointing) is True
+    assert on.config.use_cache is False and off.config.use_cache is not False
+    assert not [m for m in caught if "checkpointing" in m], caught
+    assert loss_on == pytest.approx(loss_off) and torch.allclose(grad_on, grad_off, atol=1e-6)

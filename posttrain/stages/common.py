@@ -99,7 +99,9 @@ def prepare_model(model_path, mcfg: ModelConfig, tok=None, head: str = "causal")
     if head == "score":
         model.config.pad_token_id = tok.pad_token_id  # transformers reads a score at the last non-padding token
     if mcfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        # transformers 5 calls it activation checkpointing; the old name warns and goes in v6
+        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+        enable()
         model.config.use_cache = False
     if mcfg.lora.enabled:
         from peft import LoraConfig as PeftLora, get_peft_model
