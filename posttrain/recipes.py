@@ -208,6 +208,7 @@ class Runner:
         self.ledger = self.run_dir / LEDGER  # the run's audit trail (governance.ledger): every stage appends to it
         self.fingerprints: dict[str, str] = {}
         self.outputs: dict[str, Path] = {}
+        self.reused: list[str] = []  # stages this run skipped as unchanged or resumed: not all their work ran now
 
     # -------------------------------------------------------------- references
 
@@ -259,8 +260,11 @@ class Runner:
             skipped = self.state["done"].get(spec.name) == fp and out.exists()
             if skipped:
                 self._say(f"[{spec.name}] unchanged since its last run: skipped")
+                self.reused.append(spec.name)
             else:
                 resume = self.state["started"].get(spec.name) == fp
+                if resume:
+                    self.reused.append(spec.name)
                 if spec.name not in self.state["started"] and describe(out) and not self.overwrite:
                     raise OutputError(f"{out} {describe(out)}, but this run did not write it (it is not in {self.state_path}); "
                                       f"stage '{spec.name}' would replace it. Move it away, or pass --overwrite.")

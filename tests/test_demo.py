@@ -2,6 +2,7 @@
 and GRPO without and with the calculator -> probes, the over-optimisation plot and GRPO's training curves."""
 
 import json
+import re
 
 from posttrain.cli import main
 from posttrain.demo import REPO
@@ -21,6 +22,8 @@ def test_quick_demo_turns_the_base_into_an_assistant(tmp_path, capsys):
     assert {d["role"] for d in prov["data"]} >= {"train", "replay"}
     summary = json.loads((out / "demo_summary.json").read_text())
     assert summary["quick"] is True and summary["wall_time_s"] > 0
+    assert summary["stages_reused"] == [] and summary["wall_time_target"] in ("met", "MISSED")
+    assert re.search(r"whole demo wall time \(quick mode\) +<= 3 min +\d+\.\d min +(met|MISSED)\n", printed)
     # the preference branch: a reward model from SFT (not a policy), and DPO from SFT, not from the reward model
     reward = json.loads((out / "reward" / "provenance.json").read_text())
     dpo = json.loads((out / "dpo" / "provenance.json").read_text())
@@ -58,3 +61,12 @@ def test_quick_demo_turns_the_base_into_an_assistant(tmp_path, capsys):
     assert "tool_call_rate" in tools_report["probes"]["tool_arithmetic"]["secondary"]
     assert set(summary["rlvr"]) >= {"grpo", "grpo_tools", "eval_sft", "eval_grpo_tools"}
     assert "RL from verifiable rewards" in printed and "GRPO + calculator" in printed
+
+
+def test_the_wall_time_target_is_judged_only_when_every_stage_ran_now():
+    from posttrain.demo import wall_time_row
+
+    assert wall_time_row(170, True, []) == ["whole demo wall time (quick mode)", "<= 3 min", "2.8 min", "met"]
+    assert wall_time_row(181, True, [])[-1] == "MISSED"
+    assert wall_time_row(24.4 * 60, False, []) == ["whole demo wall time", "<= 15 min", "24.4 min", "MISSED"]
+    assert wall_time_row(60, False, ["world", "sft"])[-1] == "- (2 stages from an earlier run)"

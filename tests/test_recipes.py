@@ -126,9 +126,11 @@ def test_rerun_skips_every_stage(done_run, tmp_path, monkeypatch, capsys):
     state_before = (run / "recipe_state.json").read_text()
     mtimes = {s: (run / s).stat().st_mtime_ns for s in STAGES}
     spy_stages(monkeypatch, forbid=True)
-    Runner(load_recipe(recipe_path), run, progress=True).run()
+    runner = Runner(load_recipe(recipe_path), run, progress=True)
+    runner.run()
     out = capsys.readouterr().out
     assert out.count("unchanged since its last run: skipped") == 5
+    assert runner.reused == STAGES  # what a wall time of this run would not have paid for
     assert {s: (run / s).stat().st_mtime_ns for s in STAGES} == mtimes
     assert (run / "recipe_state.json").read_text() == state_before
 
