@@ -69,7 +69,8 @@ def wall_time_row(seconds: float, quick: bool, reused: list[str]) -> list[str]:
     goal = f"<= {WALL_TARGET_MIN[quick]:.0f} min"
     label = f"whole demo wall time{' (quick mode)' if quick else ''}"
     if reused:
-        return [label, goal, f"{seconds / 60:.1f} min", f"- ({len(reused)} stages from an earlier run)"]
+        stages = f"{len(reused)} stage{'s' if len(reused) > 1 else ''}"
+        return [label, goal, f"{seconds / 60:.1f} min", f"- ({stages} from an earlier run)"]
     return [label, goal, f"{seconds / 60:.1f} min", "met" if seconds <= 60 * WALL_TARGET_MIN[quick] else "MISSED"]
 
 

@@ -70,3 +70,4 @@ def test_the_wall_time_target_is_judged_only_when_every_stage_ran_now():
     assert wall_time_row(181, True, [])[-1] == "MISSED"
     assert wall_time_row(24.4 * 60, False, []) == ["whole demo wall time", "<= 15 min", "24.4 min", "MISSED"]
     assert wall_time_row(60, False, ["world", "sft"])[-1] == "- (2 stages from an earlier run)"
+    assert wall_time_row(60, False, ["sft"])[-1] == "- (1 stage from an earlier run)"
