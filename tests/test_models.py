@@ -156,7 +156,6 @@ def test_stages_pass_trust_remote_code_from_the_config(tiny_llama_dir, monkeypat
     assert seen == [("tok", True), ("model", True)]
 
 
-
 def test_a_lora_stage_model_builds_without_the_deprecation_warning_peft_triggers(tiny_llama_dir):
     """peft 0.21 reads transformers' deprecated `is_gradient_checkpointing` while wrapping: that FutureWarning
     is filtered where posttrain wraps, and nothing else is."""

@@ -111,6 +111,11 @@ def check(training_rows, probe_sets: dict[str, list[dict]], n: int = N, threshol
     """Overlap of `training_rows` (dicts, or lists of texts) with every probe set (name -> rows)."""
     # (length, hash of the words) -> [(probe set, row index, text)]
     wanted: dict[tuple[int, int], list[tuple[str, int, str]]] = {}
+    # A window can match only where its first words begin a wanted n-gram: the lengths wanted after each
+    # lead (its first two words; one word when n is 1) are indexed, so most positions of the training text
+    # cost one dict lookup instead of a hash per length.
+    lead = 1 if n < 2 else 2
+    leads: dict[tuple[str, ...], set[int]] = {}
     for name, rows in probe_sets.items():
         for i, row in enumerate(rows):
             prompts, answers = probe_texts(row)
@@ -120,15 +125,7 @@ def check(training_rows, probe_sets: dict[str, list[dict]], n: int = N, threshol
                     [w] if whole_ok and len(w) >= MIN_WORDS else []
                 for g in grams:
                     wanted.setdefault((len(g), hash(tuple(g))), []).append((name, i, " ".join(g)))
-    # A window can match only where its first words begin a wanted n-gram: the lengths wanted after each
-    # lead (the first two words, or one where n-grams of one word are wanted) are indexed, so most positions
-    # of the training text cost one dict lookup instead of a hash per length.
-    lead = 2 if all(k >= 2 for k, _ in wanted) else 1
-    leads: dict[tuple[str, ...], set[int]] = {}
-    for entries in wanted.values():
-        for _, _, gram in entries:
-            g = gram.split(" ")
-            leads.setdefault(tuple(g[:lead]), set()).add(len(g))
+                    leads.setdefault(tuple(g[:lead]), set()).add(len(g))
     hit: dict[str, dict[int, str]] = {name: {} for name in probe_sets}
     total = 0
     for row in training_rows:
